@@ -1,0 +1,21 @@
+"""resumable_scheduler: Keras training that resumes exactly after an interruption.
+
+Users write ``import resumable_scheduler as rs`` and swap
+``keras.callbacks.X`` for ``rs.X``.
+"""
+
+from resumable_scheduler.api import read_state, restore
+from resumable_scheduler.callbacks.learning_rate_scheduler import LearningRateScheduler
+from resumable_scheduler.protocol import Resumable
+from resumable_scheduler.state import STATE_VERSION, ScheduleState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LearningRateScheduler",
+    "Resumable",
+    "STATE_VERSION",
+    "ScheduleState",
+    "read_state",
+    "restore",
+]

@@ -1,0 +1,65 @@
+"""Every use of private `keras.src` internals, in one place.
+
+Keras has no public hook for "save this extra object with the model", nor for
+starting an epoch at a batch other than 0. What we rely on is listed here and
+pinned by `tests/test_keras_internals.py`, which fails loudly when a Keras
+upgrade changes any of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras.src.saving.keras_saveable import KerasSaveable  # noqa: F401
+from keras.src.saving import saving_lib
+
+#: `_walk_saveable` only accepts these object types (see `get_attr_skipset`).
+SAVEABLE_OBJ_TYPE = "Operation"
+
+
+def known_obj_types() -> None:
+    """Raises if Keras no longer accepts `SAVEABLE_OBJ_TYPE`."""
+    saving_lib.get_attr_skipset(SAVEABLE_OBJ_TYPE)
+
+
+def sync_model_state(model: Any) -> None:
+    """Writes the JAX trainer's in-flight state back into the model variables.
+
+    On the JAX backend, during `fit`, variables live in `model._jax_state`
+    until an epoch ends; reading them mid-epoch needs this sync.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def seed_generators(model: Any) -> list[Any]:
+    """All `keras.random.SeedGenerator`s reachable from the model's layers."""
+    from keras.src.random.seed_generator import SeedGenerator
+
+    found: list[Any] = []
+    seen: set[int] = set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for v in getattr(layer, "_seed_generators", []) or []:
+            if isinstance(v, SeedGenerator) and id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+    return found
+
+
+def global_seed_generator() -> Any:
+    """Keras's global SeedGenerator (used by unseeded `keras.random` calls), or None."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("global_seed_generator")
+
+
+KERAS_VERSION = keras.__version__
+
+
+def print_msg(message: str) -> None:
+    """Prints like Keras's own callbacks (stdout or absl logging)."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)

@@ -1,0 +1,89 @@
+"""`rs.read_state` and `rs.restore`: reading saved states back from any checkpoint."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from resumable_scheduler.protocol import Resumable
+from resumable_scheduler.storage import find_envelope
+from resumable_scheduler.tracker import warn_no_state
+
+SCHEDULER_KEY = "LearningRateScheduler"
+
+
+def read_state(path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
+    """Returns the resumable state saved in a checkpoint, as a dict.
+
+    The dict has the keys of `ScheduleState.to_dict()` (`epoch`, `batch`,
+    `step`, `learning_rate`, `history`, ...) plus `callbacks` (every saved
+    callback state by key) and `source` (what was read).
+
+    Args:
+        path: str. A `.keras` file, a `.weights.h5` file, a backup directory
+            or an Orbax checkpoint directory.
+        step: int, optional. For an Orbax directory, the step to read
+            (default: the newest complete one).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: nothing resumable is saved there, or it is invalid.
+    """
+    doc, source = find_envelope(path, step=step)
+    if doc is None:
+        raise ValueError(
+            f"No resumable_scheduler state in {source!r}: it was written by stock "
+            "Keras or without a resumable callback."
+        )
+    callbacks = doc["callbacks"]
+    out: dict[str, Any] = {}
+    if SCHEDULER_KEY in callbacks:
+        from resumable_scheduler.state import ScheduleState
+
+        out.update(ScheduleState.from_dict(callbacks[SCHEDULER_KEY]).to_dict())
+    position = doc.get("position") or {}
+    for key in ("epoch", "batch", "step"):
+        if key in position:
+            out[key] = position[key]
+        out.setdefault(key, 0)
+    out.setdefault("learning_rate", None)
+    out.setdefault("history", [])
+    out["callbacks"] = callbacks
+    out["source"] = source
+    return out
+
+
+def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | None = None) -> int:
+    """Loads every resumable callback's state from a checkpoint.
+
+    Returns the epoch to pass to `fit(initial_epoch=...)`. A checkpoint
+    without our state (written by stock Keras) gives a warning and
+    returns 0: the callbacks keep their initial state and the scheduler
+    starts from the optimizer's learning rate.
+
+    Raises:
+        TypeError: an argument is not a resumable callback.
+        ValueError: the saved state is invalid (nothing is changed).
+    """
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Resumable):
+            raise TypeError(
+                f"Invalid value for argument `callbacks[{i}]`. Received: {cb!r}. "
+                "Expected a resumable callback (with state_key, get_state and "
+                "set_state), such as rs.LearningRateScheduler."
+            )
+    doc, source = find_envelope(path, step=step)
+    if doc is None:
+        warn_no_state(repr(source))
+        return 0
+    states = doc["callbacks"]
+    # Validate everything before changing anything.
+    for cb in callbacks:
+        if cb.state_key in states:
+            cb.set_state(states[cb.state_key])
+    position = doc.get("position")
+    if position is not None:
+        return int(position["epoch"])
+    if SCHEDULER_KEY in states:
+        return int(states[SCHEDULER_KEY]["epoch"])
+    return 0

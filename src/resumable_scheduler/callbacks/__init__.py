@@ -1,0 +1,1 @@
+"""Drop-in, resumable replacements for Keras callbacks."""

@@ -1,0 +1,236 @@
+"""`rs.LearningRateScheduler`: Keras's callback, with state that survives restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+
+from resumable_scheduler._keras_internals import print_msg, sync_model_state
+from resumable_scheduler.protocol import to_python_float
+from resumable_scheduler.state import ScheduleState
+from resumable_scheduler.tracker import tracker_for
+
+Schedule = Callable[..., Any]
+
+
+def _takes_lr(schedule: Schedule) -> bool:
+    """True for `schedule(epoch, lr)`, False for the legacy `schedule(epoch)`.
+
+    Decided once, from the signature, so that a `TypeError` raised inside the
+    schedule reaches the user unchanged.
+    """
+    try:
+        sig = inspect.signature(schedule)
+    except (TypeError, ValueError):  # builtins without a signature
+        return True
+    positional = 0
+    for p in sig.parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 2
+
+
+def _read_rate(optimizer: Any) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class LearningRateScheduler(keras.callbacks.Callback):
+    """Learning rate scheduler whose state is saved with the model's checkpoints.
+
+    At the beginning of every epoch it gets the learning rate from
+    `schedule(epoch, lr)` (or the legacy `schedule(epoch)`) and applies it to
+    the optimizer, exactly like `keras.callbacks.LearningRateScheduler`. In
+    addition it keeps a `ScheduleState` (epoch, batch, step, rates) that is
+    written into every `.keras` / `.weights.h5` checkpoint of the model and
+    read back by `rs.restore`, so a resumed run never applies the schedule to
+    an epoch twice, and a freshly compiled optimizer gets the right rate.
+
+    Args:
+        schedule: Callable. Takes an epoch index (int, from 0) and the current
+            learning rate (float), returns the new rate: a Python float, a
+            NumPy scalar, or a 0-d NumPy, JAX or torch array.
+        verbose: Integer. 0: quiet, 1: log update messages.
+
+    Example:
+
+    >>> def scheduler(epoch, lr):
+    ...     if epoch < 10:
+    ...         return lr
+    ...     else:
+    ...         return lr * ops.exp(-0.1)
+    >>> model = keras.models.Sequential([keras.Input((20,)), keras.layers.Dense(10)])
+    >>> model.compile(keras.optimizers.SGD(), loss='mse')
+    >>> callback = LearningRateScheduler(scheduler)
+    >>> history = model.fit(np.arange(100).reshape(5, 20), np.zeros((5, 10)),
+    ...                     epochs=15, callbacks=[callback], verbose=0)
+    >>> round(float(model.optimizer.learning_rate), 5)
+    0.00607
+    >>> callback.state.epoch, len(callback.state.history)
+    (15, 15)
+    """
+
+    state_key = "LearningRateScheduler"
+    # Our batch hook only counts; it never reads logs, so async dispatch is safe.
+    async_safe = True
+
+    def __init__(self, schedule: Schedule, verbose: int = 0) -> None:
+        super().__init__()
+        if not callable(schedule):
+            raise ValueError(
+                "Invalid value for argument `schedule`. "
+                f"Received: schedule={schedule!r}. Expected a callable "
+                "`schedule(epoch, lr)` or `schedule(epoch)`."
+            )
+        self.schedule = schedule
+        self.verbose = verbose
+        self._takes_lr = _takes_lr(schedule)
+        self._state: ScheduleState | None = None
+        self._pending_apply = False
+
+    # -- the resumable protocol ---------------------------------------------
+
+    @property
+    def state(self) -> ScheduleState:
+        """The current state, with the live position, step and rate."""
+        base = self._state or ScheduleState()
+        model = self._model
+        if model is None:
+            return base
+        tracker = tracker_for(model)
+        changes: dict[str, Any] = {"epoch": tracker.epoch, "batch": tracker.batch}
+        opt = getattr(model, "optimizer", None)
+        if opt is not None and not self._pending_apply:
+            sync_model_state(model)
+            changes["step"] = int(keras.ops.convert_to_numpy(opt.iterations))
+            subs = list(getattr(opt, "optimizers", None) or [])
+            if subs:
+                rates = tuple(_read_rate(o) for o in subs)
+                changes["optimizer_learning_rates"] = rates
+                changes["learning_rate"] = rates[0]
+            else:
+                changes["learning_rate"] = _read_rate(opt)
+        return dataclasses.replace(base, **changes)
+
+    def get_state(self) -> dict[str, Any]:
+        """The state as a JSON-safe dict (see `ScheduleState.to_dict`)."""
+        return self.state.to_dict()
+
+    def set_state(self, state: Mapping[str, Any] | ScheduleState) -> None:
+        """Adopts a saved state; the optimizer's rate follows it at the next
+        `fit` (or epoch) start. Raises `ValueError` on an invalid state."""
+        new = state if isinstance(state, ScheduleState) else ScheduleState.from_dict(state)
+        self._state = new
+        self._pending_apply = True
+        model = getattr(self, "_model", None)
+        if model is not None:
+            tracker = tracker_for(model)
+            tracker.epoch, tracker.batch = new.epoch, new.batch
+
+    # -- Keras hooks ----------------------------------------------------------
+
+    def set_model(self, model: Any) -> None:
+        super().set_model(model)
+        tracker = tracker_for(model)
+        if self._state is not None:
+            tracker.epoch, tracker.batch = self._state.epoch, self._state.batch
+        tracker.register(self)
+
+    def _optimizers(self) -> list[Any]:
+        opt = self._model.optimizer
+        if not hasattr(opt, "learning_rate") and not hasattr(opt, "optimizers"):
+            raise ValueError('Optimizer must have a "learning_rate" attribute.')
+        return list(opt.optimizers) if hasattr(opt, "optimizers") else [opt]
+
+    def _apply_pending(self) -> None:
+        if not self._pending_apply or self._state is None:
+            return
+        opts = self._optimizers()
+        rates = self._state.optimizer_learning_rates or (self._state.learning_rate,)
+        for opt, rate in zip(opts, rates):
+            opt.learning_rate = rate
+        # A freshly compiled optimizer restarts at step 0; the state knows better.
+        top = self._model.optimizer
+        if int(keras.ops.convert_to_numpy(top.iterations)) != self._state.step:
+            top.iterations.assign(self._state.step)
+        self._pending_apply = False
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        tracker = tracker_for(self._model)
+        tracker.steps = self.params.get("steps") if self.params else None
+        if self._state is None:
+            opts = self._optimizers()
+            rate = _read_rate(opts[0])
+            rates = tuple(_read_rate(o) for o in opts) if len(opts) > 1 else ()
+            self._state = ScheduleState(
+                learning_rate=rate,
+                initial_learning_rate=rate,
+                optimizer_learning_rates=rates,
+                optimizer_histories=tuple(() for _ in rates),
+            )
+        self._apply_pending()
+
+    def _compute(self, epoch: int, lr: float, opt_name: str | None) -> float:
+        raw = self.schedule(epoch, lr) if self._takes_lr else self.schedule(epoch)
+        where = f"at epoch {epoch}" + (f" for optimizer {opt_name}" if opt_name else "")
+        try:
+            value = to_python_float(raw, "x")
+        except ValueError:
+            raise ValueError(
+                f"The output of the `schedule` function {where} should be a real "
+                f"scalar (float, NumPy scalar, or 0-d array). Got: {raw!r} "
+                f"of type {type(raw).__name__}."
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"The output of the `schedule` function {where} should be a finite "
+                f"learning rate >= 0. Got: {value!r}."
+            )
+        return value
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._apply_pending()
+        assert self._state is not None
+        tracker = tracker_for(self._model)
+        opts = self._optimizers()
+        multi = hasattr(self._model.optimizer, "optimizers")
+        decided = self._state.rate_for(epoch)
+        rates: list[float] = []
+        for idx, opt in enumerate(opts):
+            if decided is not None:
+                # This epoch's rate was decided before an interruption.
+                if multi and idx < len(self._state.optimizer_histories):
+                    rate = self._state.optimizer_histories[idx][epoch]
+                else:
+                    rate = decided
+            else:
+                rate = self._compute(epoch, _read_rate(opt), opt.name if multi else None)
+            opt.learning_rate = rate
+            rates.append(rate)
+            if self.verbose > 0:
+                target = f"{opt.name} learning rate" if multi else "learning rate"
+                print_msg(f"\nEpoch {epoch + 1}: LearningRateScheduler setting {target} to {rate}.")
+        self._state = self._state.begin_epoch(epoch, rates[0], tuple(rates) if multi else ())
+        tracker.note_epoch_begin(epoch)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Runs per batch: count only. Never touch `self.model` here (on JAX it
+        # forces a device sync).
+        tracker_for(self._model).note_batch_end(batch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        tracker_for(self._model).note_epoch_end(epoch)
+        if logs is None:
+            return
+        opt = self._model.optimizer
+        if hasattr(opt, "optimizers"):
+            for o in opt.optimizers:
+                logs[f"learning_rate_{o.name}"] = _read_rate(o)
+        else:
+            logs["learning_rate"] = _read_rate(opt)

@@ -1,0 +1,230 @@
+"""The scheduler's state: an immutable, versioned, JSON-safe value.
+
+`ScheduleState` is the single source of truth for what
+`rs.LearningRateScheduler` does next. It is a frozen dataclass: every update
+returns a new value, and `to_dict()` / `from_dict()` round-trip it through
+plain JSON types. `from_dict` validates strictly and raises `ValueError`
+naming the field and the value; it never uses pickle or eval.
+
+Example:
+
+>>> s = ScheduleState(learning_rate=0.01, initial_learning_rate=0.01)
+>>> s = s.begin_epoch(0, 0.01).end_epoch(0, step=5, learning_rate=0.01)
+>>> (s.epoch, s.batch, s.step, s.history)
+(1, 0, 5, (0.01,))
+>>> ScheduleState.from_dict(s.to_dict()) == s
+True
+>>> ScheduleState.from_dict({**s.to_dict(), "learning_rate": float("nan")})
+Traceback (most recent call last):
+...
+ValueError: Invalid value for field `learning_rate` of ScheduleState. Received: learning_rate=nan. Expected a finite number >= 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+STATE_VERSION = 1
+
+
+def _fail(field: str, value: Any, expected: str, owner: str = "ScheduleState") -> None:
+    raise ValueError(
+        f"Invalid value for field `{field}` of {owner}. "
+        f"Received: {field}={value!r}. Expected {expected}."
+    )
+
+
+def check_int(field: str, value: Any, owner: str = "ScheduleState") -> int:
+    """Returns `value` if it is a non-negative int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(field, value, "an integer >= 0", owner)
+    return value
+
+
+def check_rate(field: str, value: Any, owner: str = "ScheduleState") -> float:
+    """Returns `value` as a float if it is a finite, non-negative real."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(field, value, "a finite number >= 0", owner)
+    try:
+        value = float(value)
+    except OverflowError:
+        _fail(field, value, "a finite number >= 0", owner)
+    if not math.isfinite(value) or value < 0:
+        _fail(field, value, "a finite number >= 0", owner)
+    return value
+
+
+def check_rates(field: str, value: Any, owner: str = "ScheduleState") -> tuple[float, ...]:
+    """Returns `value` as a tuple of floats if it is a list of rates."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        _fail(field, value, "a list of finite numbers >= 0", owner)
+    return tuple(check_rate(f"{field}[{i}]", v, owner) for i, v in enumerate(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleState:
+    """Immutable state of `rs.LearningRateScheduler`.
+
+    Args:
+        epoch: int. The next epoch to run, or the epoch in progress when
+            `batch > 0`.
+        batch: int. Batches of `epoch` already trained (0 at a boundary).
+        step: int. The optimizer's global step (`optimizer.iterations`).
+        learning_rate: float. The optimizer's learning rate when captured.
+        initial_learning_rate: float. The rate before the first epoch.
+        history: tuple of float. The rate used at every epoch so far,
+            `history[e]` for epoch `e`.
+        optimizer_learning_rates: tuple of float. For models whose optimizer
+            has `optimizers` (multi-optimizer), the rate of each one; empty
+            otherwise. `learning_rate` mirrors the first.
+        optimizer_histories: tuple of tuples. Per sub-optimizer history.
+        version: int. The format version, `STATE_VERSION`.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    learning_rate: float = 0.0
+    initial_learning_rate: float = 0.0
+    history: tuple[float, ...] = ()
+    optimizer_learning_rates: tuple[float, ...] = ()
+    optimizer_histories: tuple[tuple[float, ...], ...] = ()
+    version: int = STATE_VERSION
+
+    def __post_init__(self) -> None:
+        # Validate (and normalise lists to tuples) on every construction, so
+        # an invalid state can never exist.
+        d = self.to_dict()
+        clean = _validate(d)
+        for key, value in clean.items():
+            object.__setattr__(self, key, value)
+
+    # -- transitions (each returns a new state) ------------------------------
+
+    def begin_epoch(
+        self, epoch: int, rate: float, rates: Sequence[float] = ()
+    ) -> "ScheduleState":
+        """The state after the rate(s) for `epoch` were decided.
+
+        History is cut or padded so that `history[epoch] == rate`; epochs that
+        were skipped (an `initial_epoch` beyond the state) repeat the rate that
+        was in effect.
+        """
+        hist = list(self.history[:epoch])
+        while len(hist) < epoch:
+            hist.append(self.learning_rate)
+        hist.append(rate)
+        hists = []
+        for i, r in enumerate(rates):
+            old = self.optimizer_histories[i] if i < len(self.optimizer_histories) else ()
+            h = list(old[:epoch])
+            fill = self.optimizer_learning_rates[i] if i < len(self.optimizer_learning_rates) else r
+            while len(h) < epoch:
+                h.append(fill)
+            h.append(r)
+            hists.append(tuple(h))
+        batch = self.batch if epoch == self.epoch else 0
+        return dataclasses.replace(
+            self,
+            epoch=epoch,
+            batch=batch,
+            learning_rate=rate,
+            history=tuple(hist),
+            optimizer_learning_rates=tuple(rates),
+            optimizer_histories=tuple(hists),
+        )
+
+    def end_epoch(self, epoch: int, **changes: Any) -> "ScheduleState":
+        """The state after every batch of `epoch` was trained."""
+        return dataclasses.replace(self, epoch=epoch + 1, batch=0, **changes)
+
+    def with_position(self, epoch: int, batch: int, step: int) -> "ScheduleState":
+        """The state at batch `batch` of `epoch`, global step `step`."""
+        return dataclasses.replace(self, epoch=epoch, batch=batch, step=step)
+
+    def rate_for(self, epoch: int) -> float | None:
+        """The rate already decided for `epoch`, or None."""
+        return self.history[epoch] if epoch < len(self.history) else None
+
+    # -- serialization --------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict: only str keys, ints, floats and lists."""
+        return {
+            "version": self.version,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "learning_rate": self.learning_rate,
+            "initial_learning_rate": self.initial_learning_rate,
+            "history": list(self.history),
+            "optimizer_learning_rates": list(self.optimizer_learning_rates),
+            "optimizer_histories": [list(h) for h in self.optimizer_histories],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ScheduleState":
+        """Validates `data` (as from `to_dict`) and returns the state.
+
+        Raises:
+            ValueError: on an unknown version, a missing, unknown or mistyped
+                field, or an inconsistent state; the message names the field
+                and the value received.
+        """
+        return cls(**_validate(data))
+
+
+_REQUIRED = ("version", "epoch", "batch", "step", "learning_rate",
+             "initial_learning_rate", "history")
+_OPTIONAL = ("optimizer_learning_rates", "optimizer_histories")
+
+
+def _validate(data: Any) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            "Invalid ScheduleState. Received: "
+            f"{type(data).__name__} {data!r:.200}. Expected a dict with the keys "
+            f"{', '.join(_REQUIRED)}."
+        )
+    for key in data:
+        if key not in _REQUIRED and key not in _OPTIONAL:
+            _fail(str(key), data[key], f"no such field (known fields: {', '.join(_REQUIRED + _OPTIONAL)})")
+    for key in _REQUIRED:
+        if key not in data:
+            raise ValueError(
+                f"Missing field `{key}` in ScheduleState. Received keys: "
+                f"{sorted(map(str, data))}."
+            )
+    version = data["version"]
+    if isinstance(version, bool) or version != STATE_VERSION or not isinstance(version, int):
+        _fail("version", version, f"{STATE_VERSION} (this release of resumable_scheduler reads version {STATE_VERSION} only)")
+    out: dict[str, Any] = {"version": STATE_VERSION}
+    for key in ("epoch", "batch", "step"):
+        out[key] = check_int(key, data[key])
+    for key in ("learning_rate", "initial_learning_rate"):
+        out[key] = check_rate(key, data[key])
+    out["history"] = check_rates("history", data["history"])
+    out["optimizer_learning_rates"] = check_rates(
+        "optimizer_learning_rates", data.get("optimizer_learning_rates", ())
+    )
+    hists = data.get("optimizer_histories", ())
+    if isinstance(hists, (str, bytes, Mapping)) or not isinstance(hists, Sequence):
+        _fail("optimizer_histories", hists, "a list of lists of finite numbers >= 0")
+    out["optimizer_histories"] = tuple(
+        check_rates(f"optimizer_histories[{i}]", h) for i, h in enumerate(hists)
+    )
+    if len(out["optimizer_histories"]) != len(out["optimizer_learning_rates"]):
+        _fail("optimizer_histories", data.get("optimizer_histories"),
+              f"one list per entry of optimizer_learning_rates ({len(out['optimizer_learning_rates'])})")
+    n, epoch = len(out["history"]), out["epoch"]
+    if n not in (epoch, epoch + 1):
+        _fail("history", data["history"], f"{epoch} or {epoch + 1} entries for epoch={epoch}")
+    if out["batch"] > 0 and n != epoch + 1:
+        _fail("history", data["history"], f"{epoch + 1} entries: batch={out['batch']} means epoch {epoch} is in progress")
+    for i, h in enumerate(out["optimizer_histories"]):
+        if len(h) != n:
+            _fail(f"optimizer_histories[{i}]", list(h), f"{n} entries, as many as `history`")
+    return out

@@ -1,0 +1,122 @@
+"""The object that rides along in every Keras checkpoint of a model.
+
+Attaching a `StateTracker` to a model as an attribute makes Keras's own
+saving (`model.save`, `model.save_weights`, `ModelCheckpoint`, stock
+`BackupAndRestore`) write the resumable callbacks' states into the same
+`.weights.h5` / `.keras` file, as one extra HDF5 group that plain Keras
+ignores on load. It also keeps the training position (epoch, batch) that all
+resumable callbacks of the model share, so that the order of callbacks in the
+list does not matter.
+
+Not thread-safe; one tracker per model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from resumable_scheduler._keras_internals import SAVEABLE_OBJ_TYPE, KerasSaveable
+from resumable_scheduler.protocol import Resumable, decode_envelope, encode_envelope
+
+#: The model attribute (and HDF5 group) holding the tracker.
+ATTR = "_resumable_scheduler_state"
+#: The dataset inside that group holding the JSON envelope as uint8.
+DATASET = "envelope"
+
+
+class StateTracker(KerasSaveable):
+    """Registry of a model's resumable callbacks plus the shared position."""
+
+    def __init__(self) -> None:
+        self._resumables: dict[str, Resumable] = {}
+        self._unclaimed: dict[str, Mapping[str, Any]] = {}
+        self.epoch = 0
+        self.batch = 0
+        self.steps: int | None = None
+
+    # Keras walks `dir()` of everything it saves; nothing below us is saveable.
+    def __dir__(self) -> list[str]:
+        return []
+
+    def _obj_type(self) -> str:
+        return SAVEABLE_OBJ_TYPE
+
+    # -- registry -------------------------------------------------------------
+
+    def register(self, obj: Resumable) -> None:
+        """Adds `obj` under its `state_key`; a state loaded earlier is handed over."""
+        self._resumables[obj.state_key] = obj
+        if obj.state_key in self._unclaimed:
+            obj.set_state(self._unclaimed.pop(obj.state_key))
+
+    def resumables(self) -> dict[str, Resumable]:
+        return dict(self._resumables)
+
+    def collect(self) -> dict[str, dict[str, Any]]:
+        """Every registered callback's current state, by key."""
+        return {k: obj.get_state() for k, obj in self._resumables.items()}
+
+    def apply(self, states: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Hands each state to its callback; returns the keys applied."""
+        applied = []
+        for key, st in states.items():
+            if key in self._resumables:
+                self._resumables[key].set_state(st)
+                applied.append(key)
+            else:
+                self._unclaimed[key] = st
+        return applied
+
+    # -- shared position (idempotent: several callbacks may report it) -------
+
+    def note_epoch_begin(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batch = epoch, 0
+
+    def note_batch_end(self, batch: int) -> None:
+        self.batch = batch + 1
+        if self.steps is not None and self.batch >= self.steps:
+            self.epoch, self.batch = self.epoch + 1, 0
+
+    def note_epoch_end(self, epoch: int) -> None:
+        # With a known epoch length, a batch count short of it means fit was
+        # stopped mid-epoch (preemption): keep the mid-epoch position.
+        if self.epoch == epoch and (self.steps is None or self.batch == 0 or self.batch >= self.steps):
+            self.epoch, self.batch = epoch + 1, 0
+
+    # -- Keras saving hooks ---------------------------------------------------
+
+    def save_own_variables(self, store: Any) -> None:
+        data = encode_envelope(self.collect())
+        store[DATASET] = np.frombuffer(data, dtype=np.uint8)
+
+    def load_own_variables(self, store: Any) -> None:
+        if DATASET not in store:
+            warn_no_state("this checkpoint")
+            return
+        doc = decode_envelope(np.asarray(store[DATASET], dtype=np.uint8).tobytes())
+        self.apply(doc["callbacks"])
+
+
+def warn_no_state(where: str) -> None:
+    warnings.warn(
+        f"No resumable_scheduler state found in {where} (it was written by stock "
+        "Keras or without a resumable callback); each resumable callback starts "
+        "from the optimizer's current learning rate and its own initial state.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def tracker_for(model: Any) -> StateTracker:
+    """The model's tracker, attached on first use."""
+    tracker = model.__dict__.get(ATTR)
+    if not isinstance(tracker, StateTracker):
+        tracker = StateTracker()
+        # object.__setattr__ keeps Keras's attribute tracking out of it.
+        object.__setattr__(model, ATTR, tracker)
+    return tracker
