@@ -19,3 +19,9 @@ __all__ = [
     "read_state",
     "restore",
 ]
+from resumable_scheduler.callbacks.backup_and_restore import (  # noqa: E402
+    PREEMPTED_EXIT_CODE,
+    BackupAndRestore,
+)
+
+__all__ += ["BackupAndRestore", "PREEMPTED_EXIT_CODE"]

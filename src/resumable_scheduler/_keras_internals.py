@@ -63,3 +63,29 @@ def print_msg(message: str) -> None:
     from keras.src.utils import io_utils
 
     io_utils.print_msg(message)
+
+
+def set_initial_epoch(model: Any, epoch: int | None) -> None:
+    """Makes the running `fit` start at `epoch` (as stock BackupAndRestore does).
+
+    `fit` reads `model._initial_epoch` right after `on_train_begin`.
+    """
+    model._initial_epoch = epoch
+
+
+def epoch_iterator_class() -> type:
+    """Keras's `EpochIterator`, whose `_enumerate_iterator` yields the steps."""
+    from keras.src.trainers.epoch_iterator import EpochIterator
+
+    return EpochIterator
+
+
+def resumable_adapter_classes() -> tuple[type, ...]:
+    """Data adapters whose batch order is a function of the host RNG state:
+    NumPy/JAX arrays (shuffled with `np.random`) and `PyDataset` (shuffled
+    with `random`), so skipping the first batches of a re-created epoch lands
+    exactly where the interrupted one stopped."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    return (ArrayDataAdapter, PyDatasetAdapter)

@@ -1,0 +1,81 @@
+"""Data resumption: starting an epoch at batch `k` instead of 0.
+
+Keras 3's `fit` always starts an epoch at batch 0. `skip_batches(k)` arranges
+for the *next* training epoch that Keras starts to consume its first `k`
+steps of data without training on them, keeping Keras's own step numbering
+(callbacks see batches `k, k+1, ...`). With the host RNG restored to its
+state at the start of the interrupted epoch, arrays (shuffled or not) and
+`keras.utils.PyDataset` then yield exactly the batches the interrupted run
+would have trained next.
+
+Inputs whose position cannot be rebuilt this way (a plain Python generator,
+`tf.data`, a torch `DataLoader`) get one warning, and the interrupted epoch
+runs again from its first batch, as with stock Keras; everything else
+(weights, optimizer, learning rates, RNG) is still restored exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+from resumable_scheduler import _keras_internals as ki
+
+
+class _SkipPatch:
+    """One-shot patch of `EpochIterator._enumerate_iterator` (class level).
+
+    Only the first epoch iterator enumerated after `install` is affected;
+    the patch removes itself on first use.
+    """
+
+    def __init__(self, steps: int, on_unsupported: Callable[[Any], None]) -> None:
+        self.steps = steps
+        self.on_unsupported = on_unsupported
+        self.cls = ki.epoch_iterator_class()
+        self.original = self.cls.__dict__["_enumerate_iterator"]
+        self.active = False
+
+    def install(self) -> None:
+        patch = self
+
+        def _enumerate_iterator(it: Any):
+            patch.uninstall()
+            inner = patch.original(it)
+            if not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
+                patch.on_unsupported(it.data_adapter)
+                yield from inner
+                return
+            for begin, end, iterator in inner:
+                if begin < patch.steps:
+                    for _ in range(begin, end + 1):
+                        next(iterator)
+                    continue
+                yield begin, end, iterator
+
+        self.cls._enumerate_iterator = _enumerate_iterator
+        self.active = True
+
+    def uninstall(self) -> None:
+        if self.active:
+            self.cls._enumerate_iterator = self.original
+            self.active = False
+
+
+def skip_batches(steps: int) -> _SkipPatch:
+    """Makes the next training epoch start at batch `steps` (see module doc)."""
+
+    def warn(adapter: Any) -> None:
+        warnings.warn(
+            f"The training input ({type(adapter).__name__}) cannot be positioned "
+            f"at batch {steps}: a Python generator or streaming input has no "
+            "restorable position. The interrupted epoch runs again from its first "
+            "batch (as with stock Keras); weights, optimizer, learning rates and "
+            "RNG are still restored.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+    patch = _SkipPatch(steps, warn)
+    patch.install()
+    return patch

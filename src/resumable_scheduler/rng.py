@@ -1,0 +1,72 @@
+"""Capturing and restoring every random-number state that decides training.
+
+Host RNGs (NumPy's global generator, Python's `random`) decide the batch
+order; Keras `SeedGenerator`s (dropout, noise layers, the global one) decide
+the masks. Scalars go to JSON, arrays to an `.npz` (read with
+`allow_pickle=False`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from resumable_scheduler import _keras_internals as ki
+
+
+def capture_host_rng() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Returns (JSON-safe scalars, arrays) for NumPy's and Python's RNGs.
+
+    >>> np.random.seed(1); meta, arrays = capture_host_rng()
+    >>> a = np.random.rand(); restore_host_rng(meta, arrays); a == np.random.rand()
+    True
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    meta = {
+        "numpy": {"name": str(name), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "gauss_next": gauss_next},
+    }
+    arrays = {
+        "rng_numpy_keys": np.asarray(keys, dtype=np.uint32),
+        "rng_python_internal": np.asarray(internal, dtype=np.uint64),
+    }
+    return meta, arrays
+
+
+def restore_host_rng(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of `capture_host_rng`; raises ValueError on a malformed input."""
+    try:
+        n = meta["numpy"]
+        np.random.set_state((n["name"], np.asarray(arrays["rng_numpy_keys"], dtype=np.uint32),
+                             int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
+        p = meta["python"]
+        internal = tuple(int(v) for v in arrays["rng_python_internal"])
+        gauss = p["gauss_next"]
+        random.setstate((int(p["version"]), internal, None if gauss is None else float(gauss)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"Invalid saved RNG state: {e!r}.") from None
+
+
+def capture_seed_generators(model: Any) -> dict[str, np.ndarray]:
+    """The state of every Keras SeedGenerator of the model, plus the global one."""
+    out: dict[str, np.ndarray] = {}
+    for i, sg in enumerate(ki.seed_generators(model)):
+        out[f"seed_generator_{i}"] = np.asarray(sg.state.numpy())
+    g = ki.global_seed_generator()
+    if g is not None:
+        out["seed_generator_global"] = np.asarray(g.state.numpy())
+    return out
+
+
+def restore_seed_generators(model: Any, arrays: dict[str, np.ndarray]) -> None:
+    for i, sg in enumerate(ki.seed_generators(model)):
+        key = f"seed_generator_{i}"
+        if key in arrays:
+            sg.state.assign(np.asarray(arrays[key], dtype=sg.state.dtype))
+    g = ki.global_seed_generator()
+    if g is not None and "seed_generator_global" in arrays:
+        g.state.assign(np.asarray(arrays["seed_generator_global"], dtype=g.state.dtype))
