@@ -1,0 +1,146 @@
+"""rs.BackupAndRestore under bad conditions: corruption, stale temporaries,
+a second process, an unwritable directory, bad arguments."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import resumable_scheduler as rs
+from tests.resume_helpers import (
+    InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
+)
+
+CHILD = os.path.join(os.path.dirname(__file__), "child_train.py")
+
+
+def _interrupt(d, at, **kw):
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, [rs.BackupAndRestore(d, **kw), rs.LearningRateScheduler(documented_schedule), InterruptAt(*at)])
+
+
+def _resume(d, **kw):
+    model = make_model()
+    fit(model, [rs.BackupAndRestore(d, **kw), rs.LearningRateScheduler(documented_schedule)])
+    return outcome(model)
+
+
+def _ckpts(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("ckpt-"))
+
+
+def _truncate_newest(d):
+    newest = os.path.join(d, _ckpts(d)[-1], "model.weights.h5")
+    with open(newest, "r+b") as f:
+        f.truncate(os.path.getsize(newest) // 2)
+    return newest
+
+
+def test_truncated_newest_falls_back_to_previous_with_double_checkpoint(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (6, 2), save_freq=1, double_checkpoint=True)
+    assert len(_ckpts(d)) == 2
+    newest = _truncate_newest(d)
+    with pytest.warns(UserWarning, match=re.escape(newest)):
+        got = _resume(d, save_freq=1, double_checkpoint=True)
+    # Falling back one batch loses nothing: the run is still exact.
+    assert_same(got, run_uninterrupted())
+
+
+def test_truncated_newest_without_fallback_raises_and_keeps_files(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (6, 2), save_freq=1)
+    assert len(_ckpts(d)) == 1
+    newest = _truncate_newest(d)
+    before = sorted(os.listdir(d))
+    model = make_model()
+    with pytest.raises(RuntimeError) as e:
+        fit(model, [rs.BackupAndRestore(d, save_freq=1)])
+    msg = str(e.value)
+    assert newest in msg and "truncated or garbled" in msg
+    assert f"To start training over from scratch, delete {d!r}" in msg
+    assert sorted(os.listdir(d)) == before  # nothing on disk was lost
+
+
+def test_garbled_state_json_is_detected(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (3, 1), save_freq=2)
+    state = os.path.join(d, _ckpts(d)[-1], "state.json")
+    with open(state, "wb") as f:
+        f.write(b"{not json")
+    with pytest.raises(RuntimeError, match=re.escape(state)):
+        fit(make_model(), [rs.BackupAndRestore(d, save_freq=2)])
+
+
+def test_stale_temporary_is_removed_with_warning(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (5, 3), save_freq=1)
+    stale = os.path.join(d, "ckpt-00000099.tmp-deadbeef")
+    os.makedirs(stale)
+    with open(os.path.join(stale, "model.weights.h5"), "wb") as f:
+        f.write(b"half a file")
+    with pytest.warns(UserWarning, match="ckpt-00000099.tmp-deadbeef"):
+        got = _resume(d, save_freq=1)
+    assert not os.path.exists(stale)
+    assert_same(got, run_uninterrupted())
+
+
+def test_second_process_is_refused_and_dead_lock_does_not_block(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    child = subprocess.Popen(
+        [sys.executable, CHILD, d, os.fspath(tmp_path / "o"), "--sleep", "0.2", "--save-freq", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in child.stdout:
+            if line.startswith("batch"):
+                break
+        with pytest.raises(RuntimeError, match=re.escape(f"Another process is training with backup_dir={d!r}")):
+            fit(make_model(), [rs.BackupAndRestore(d, save_freq=1)])
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    # The dead process's lock does not block; training resumes from its backup.
+    state = rs.read_state(d)
+    assert state["epoch"] == 0 and state["batch"] >= 1
+    model = make_model()
+    fit(model, [rs.BackupAndRestore(d, save_freq=1)], epochs=1)
+    assert int(np.asarray(model.optimizer.iterations)) == 5
+
+
+def test_unwritable_backup_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    d = os.fspath(blocker / "backup")
+    with pytest.raises(OSError, match=re.escape(f"Cannot use backup_dir={d!r}")):
+        fit(make_model(), [rs.BackupAndRestore(d)])
+    assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backup_dir": ""}, "Invalid value for argument `backup_dir`. Received: backup_dir=''. Expected a non-empty path."),
+        ({"backup_dir": "x", "save_freq": 3.5}, "Invalid value for argument `save_freq`. Received: save_freq=3.5. Expected either 'epoch' or an integer value."),
+        ({"backup_dir": "x", "save_freq": 0}, "Invalid value for argument `save_freq`. Received: save_freq=0. Expected either 'epoch' or an integer value."),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        rs.BackupAndRestore(**kwargs)
+    assert str(e.value) == message
+
+
+def test_read_state_understands_backup_dir(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (12, 3), save_freq=1)
+    s = rs.read_state(d)
+    assert (s["epoch"], s["batch"], s["step"]) == (12, 3, 63)
+    assert len(s["history"]) == 13 and s["learning_rate"] == s["history"][12]
+    assert "LearningRateScheduler" in s["callbacks"]
