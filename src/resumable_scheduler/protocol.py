@@ -107,7 +107,10 @@ def to_python_float(value: Any, what: str) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a real scalar. Received: {value!r} of type bool.")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range: report it as inf
+            return math.inf if value > 0 else -math.inf
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
         value = value.detach().cpu().numpy()
     if hasattr(value, "shape") and hasattr(value, "dtype"):
