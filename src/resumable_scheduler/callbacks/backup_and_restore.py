@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from resumable_scheduler import _keras_internals as ki
-from resumable_scheduler import rng
+from resumable_scheduler import rng, training_state
 from resumable_scheduler.data import skip_batches
 from resumable_scheduler.storage import atomic
 from resumable_scheduler.storage import backup_dir as layout
@@ -174,7 +174,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             rng.restore_host_rng(resume.doc["rng"], resume.arrays)
             batch = resume.doc["position"]["batch"]
             if batch:
-                self._restore_metrics(resume.arrays)
+                training_state.restore_metrics(self._model, resume.arrays)
                 self._skip = skip_batches(batch)
         self._epoch, self._batch = epoch, batch
         self._epoch_rng = rng.capture_host_rng()
@@ -271,38 +271,14 @@ class BackupAndRestore(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(ckpt.weights_path)
-        tracker_for(model).apply(ckpt.doc["callbacks"])
-        rng.restore_seed_generators(model, ckpt.arrays)
-        rng.restore_host_rng(ckpt.doc["rng"], ckpt.arrays)
-        pos = ckpt.doc["position"]
-        ki.set_initial_epoch(model, pos["epoch"])
+        training_state.apply_after_load(model, ckpt.doc, ckpt.arrays)
+        ki.set_initial_epoch(model, ckpt.doc["position"]["epoch"])
         self._resume = ckpt
 
-    def _restore_metrics(self, arrays: dict[str, np.ndarray]) -> None:
-        for i, v in enumerate(self._model.metrics_variables):
-            key = f"metric_{i}"
-            if key in arrays:
-                v.assign(arrays[key])
-
-    def _commit(self, epoch: int, batch: int, host_rng: tuple[dict[str, Any], dict[str, np.ndarray]] | None) -> None:
+    def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
-        tracker = tracker_for(model)
-        meta, arrays = host_rng if host_rng is not None else rng.capture_host_rng()
-        arrays = dict(arrays)
-        arrays.update(rng.capture_seed_generators(model))
-        if batch:
-            for i, v in enumerate(model.metrics_variables):
-                arrays[f"metric_{i}"] = np.asarray(keras.ops.convert_to_numpy(v))
-        doc = {
-            "callbacks": tracker.collect(),
-            "position": {
-                "epoch": int(epoch),
-                "batch": int(batch),
-                "step": int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer else 0,
-            },
-            "rng": meta,
-        }
+        doc, arrays = training_state.capture(model, epoch, batch, host_rng)
         final = layout.next_name(self.backup_dir)
         atomic.commit_folder(
             final, lambda tmp: layout.write_files(tmp, model.save_weights, doc, arrays)

@@ -1,0 +1,59 @@
+"""Everything besides the variables that decides what training does next.
+
+`capture()` gathers, at one instant, the position (epoch, batch, step), the
+host RNGs, every Keras SeedGenerator, the metric accumulators of an epoch in
+progress, and the state of every resumable callback of the model, as a
+JSON-safe document plus a dict of NumPy arrays. `apply()` puts it back.
+Every storage back end (backup folders, Orbax) stores this same pair beside
+the model variables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from resumable_scheduler import rng
+from resumable_scheduler.tracker import tracker_for
+
+HostRng = tuple[dict[str, Any], dict[str, np.ndarray]]
+
+
+def capture(model: Any, epoch: int, batch: int, host_rng: HostRng | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Returns `(doc, arrays)` for a checkpoint at batch `batch` of `epoch`.
+
+    `host_rng` is the host RNG state at the start of `epoch` (what re-creates
+    its batch order); by default, the state now. The model must be synced
+    (on JAX, read it through `callback.model`).
+    """
+    meta, arrays = host_rng if host_rng is not None else rng.capture_host_rng()
+    arrays = dict(arrays)
+    arrays.update(rng.capture_seed_generators(model))
+    if batch:
+        for i, v in enumerate(model.metrics_variables):
+            arrays[f"metric_{i}"] = np.asarray(keras.ops.convert_to_numpy(v))
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer else 0
+    doc = {
+        "callbacks": tracker_for(model).collect(),
+        "position": {"epoch": int(epoch), "batch": int(batch), "step": step},
+        "rng": meta,
+    }
+    return doc, arrays
+
+
+def apply_after_load(model: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """After the variables are loaded: callback states, seed generators, RNGs."""
+    tracker_for(model).apply(doc["callbacks"])
+    rng.restore_seed_generators(model, arrays)
+    rng.restore_host_rng(doc["rng"], arrays)
+
+
+def restore_metrics(model: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Puts back the metric accumulators of an epoch in progress (call after
+    Keras resets them at the epoch's start)."""
+    for i, v in enumerate(model.metrics_variables):
+        key = f"metric_{i}"
+        if key in arrays:
+            v.assign(arrays[key])
