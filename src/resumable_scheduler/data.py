@@ -29,8 +29,10 @@ class _SkipPatch:
     the patch removes itself on first use.
     """
 
-    def __init__(self, steps: int, on_unsupported: Callable[[Any], None]) -> None:
+    def __init__(self, steps: int, on_unsupported: Callable[[Any], None],
+                 after_skip: Callable[[], None] | None = None) -> None:
         self.steps = steps
+        self.after_skip = after_skip
         self.on_unsupported = on_unsupported
         self.cls = ki.epoch_iterator_class()
         self.original = self.cls.__dict__["_enumerate_iterator"]
@@ -46,11 +48,15 @@ class _SkipPatch:
                 patch.on_unsupported(it.data_adapter)
                 yield from inner
                 return
+            skipping = True
             for begin, end, iterator in inner:
                 if begin < patch.steps:
                     for _ in range(begin, end + 1):
                         next(iterator)
                     continue
+                if skipping and patch.after_skip is not None:
+                    patch.after_skip()
+                skipping = False
                 yield begin, end, iterator
 
         self.cls._enumerate_iterator = _enumerate_iterator
@@ -62,8 +68,12 @@ class _SkipPatch:
             self.active = False
 
 
-def skip_batches(steps: int) -> _SkipPatch:
-    """Makes the next training epoch start at batch `steps` (see module doc)."""
+def skip_batches(steps: int, after_skip: Callable[[], None] | None = None) -> _SkipPatch:
+    """Makes the next training epoch start at batch `steps` (see module doc).
+
+    `after_skip` runs once the skipped batches are consumed, right before the
+    first batch is trained (to put back RNG state that training consumes).
+    """
 
     def warn(adapter: Any) -> None:
         warnings.warn(
@@ -76,6 +86,6 @@ def skip_batches(steps: int) -> _SkipPatch:
             stacklevel=2,
         )
 
-    patch = _SkipPatch(steps, warn)
+    patch = _SkipPatch(steps, warn, after_skip)
     patch.install()
     return patch

@@ -1,7 +1,8 @@
 """Capturing and restoring every random-number state that decides training.
 
-Host RNGs (NumPy's global generator, Python's `random`) decide the batch
-order; Keras `SeedGenerator`s (dropout, noise layers, the global one) decide
+Host RNGs (NumPy's global generator, Python's `random`, and torch's global
+generator when torch is loaded: its `RandomSampler` shuffles on the torch
+backend) decide the batch order; Keras `SeedGenerator`s (dropout, noise layers, the global one) decide
 the masks. Scalars go to JSON, arrays to an `.npz` (read with
 `allow_pickle=False`).
 """
@@ -9,6 +10,7 @@ the masks. Scalars go to JSON, arrays to an `.npz` (read with
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,9 @@ import numpy as np
 from resumable_scheduler import _keras_internals as ki
 
 
-def capture_host_rng() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Returns (JSON-safe scalars, arrays) for NumPy's and Python's RNGs.
+def capture_host_rng(prefix: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Returns (JSON-safe scalars, arrays) for the host RNGs; array names
+    start with `prefix`.
 
     >>> np.random.seed(1); meta, arrays = capture_host_rng()
     >>> a = np.random.rand(); restore_host_rng(meta, arrays); a == np.random.rand()
@@ -31,23 +34,29 @@ def capture_host_rng() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "python": {"version": int(version), "gauss_next": gauss_next},
     }
     arrays = {
-        "rng_numpy_keys": np.asarray(keys, dtype=np.uint32),
-        "rng_python_internal": np.asarray(internal, dtype=np.uint64),
+        f"{prefix}rng_numpy_keys": np.asarray(keys, dtype=np.uint32),
+        f"{prefix}rng_python_internal": np.asarray(internal, dtype=np.uint64),
     }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        arrays[f"{prefix}rng_torch"] = torch.get_rng_state().numpy().copy()
     return meta, arrays
 
 
-def restore_host_rng(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+def restore_host_rng(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str = "") -> None:
     """Inverse of `capture_host_rng`; raises ValueError on a malformed input."""
     try:
         n = meta["numpy"]
-        np.random.set_state((n["name"], np.asarray(arrays["rng_numpy_keys"], dtype=np.uint32),
+        np.random.set_state((n["name"], np.asarray(arrays[f"{prefix}rng_numpy_keys"], dtype=np.uint32),
                              int(n["pos"]), int(n["has_gauss"]), float(n["cached_gaussian"])))
         p = meta["python"]
-        internal = tuple(int(v) for v in arrays["rng_python_internal"])
+        internal = tuple(int(v) for v in arrays[f"{prefix}rng_python_internal"])
         gauss = p["gauss_next"]
         random.setstate((int(p["version"]), internal, None if gauss is None else float(gauss)))
-    except (KeyError, TypeError, ValueError) as e:
+        torch = sys.modules.get("torch")
+        if torch is not None and f"{prefix}rng_torch" in arrays:
+            torch.set_rng_state(torch.from_numpy(np.asarray(arrays[f"{prefix}rng_torch"], dtype=np.uint8).copy()))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"Invalid saved RNG state: {e!r}.") from None
 
 

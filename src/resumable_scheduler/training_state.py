@@ -18,6 +18,7 @@ import numpy as np
 from resumable_scheduler import rng
 from resumable_scheduler.tracker import tracker_for
 
+NOW = "now_"
 HostRng = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
@@ -32,6 +33,10 @@ def capture(model: Any, epoch: int, batch: int, host_rng: HostRng | None = None)
     arrays = dict(arrays)
     arrays.update(rng.capture_seed_generators(model))
     if batch:
+        # Mid-epoch: the epoch-start RNG re-creates the batch order; the RNG
+        # as it is now takes over once the trained batches are skipped.
+        now_meta, now_arrays = rng.capture_host_rng(prefix=NOW)
+        arrays.update(now_arrays)
         for i, v in enumerate(model.metrics_variables):
             arrays[f"metric_{i}"] = np.asarray(keras.ops.convert_to_numpy(v))
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer else 0
@@ -40,6 +45,8 @@ def capture(model: Any, epoch: int, batch: int, host_rng: HostRng | None = None)
         "position": {"epoch": int(epoch), "batch": int(batch), "step": step},
         "rng": meta,
     }
+    if batch:
+        doc["rng_now"] = now_meta
     return doc, arrays
 
 
@@ -57,3 +64,10 @@ def restore_metrics(model: Any, arrays: dict[str, np.ndarray]) -> None:
         key = f"metric_{i}"
         if key in arrays:
             v.assign(arrays[key])
+
+
+def restore_rng_now(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Sets the host RNGs to their state at a mid-epoch checkpoint (call once
+    the batches already trained have been skipped)."""
+    if "rng_now" in doc:
+        rng.restore_host_rng(doc["rng_now"], arrays, prefix=NOW)

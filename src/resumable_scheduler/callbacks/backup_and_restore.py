@@ -175,7 +175,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             batch = resume.doc["position"]["batch"]
             if batch:
                 training_state.restore_metrics(self._model, resume.arrays)
-                self._skip = skip_batches(batch)
+                self._skip = skip_batches(
+                    batch, lambda: training_state.restore_rng_now(resume.doc, resume.arrays)
+                )
         self._epoch, self._batch = epoch, batch
         self._epoch_rng = rng.capture_host_rng()
 
