@@ -284,3 +284,25 @@ def test_from_dict_on_mutated_states_never_raises_anything_but_valueerror(data):
 @given(valid_state_dicts())
 def test_valid_states_are_accepted_unchanged(data):
     assert ScheduleState.from_dict(data).to_dict() == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    valid_state_dicts(),
+    st.lists(st.tuples(st.integers(min_value=0, max_value=25), rates), min_size=1, max_size=6),
+)
+def test_begin_epoch_always_yields_a_state_that_validates(data, steps):
+    # begin_epoch skips re-validating the history (valid by construction);
+    # check that construction against the full validation.
+    state = ScheduleState.from_dict(data)
+    n_opt = len(state.optimizer_learning_rates)
+    for epoch, rate in steps:
+        state = state.begin_epoch(epoch, rate, (rate,) * n_opt)
+        assert ScheduleState.from_dict(state.to_dict()) == state
+        assert state.history[epoch] == rate and len(state.history) == epoch + 1
+
+
+@pytest.mark.parametrize("rate", [float("nan"), -1.0, "0.1"])
+def test_begin_epoch_rejects_a_bad_rate(rate):
+    with pytest.raises(ValueError, match=re.escape("Invalid value for field `learning_rate` of ScheduleState.")):
+        valid_state().begin_epoch(2, rate)

@@ -61,6 +61,10 @@ def check_rates(field: str, value: Any, owner: str = "ScheduleState") -> tuple[f
     """Returns `value` as a tuple of floats if it is a list of rates."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
         _fail(field, value, "a list of finite numbers >= 0", owner)
+    # Fast path (every epoch re-validates the whole history): plain finite
+    # floats >= 0 need no per-element conversion.
+    if all(type(v) is float for v in value) and all(map(math.isfinite, value)) and min(value, default=0.0) >= 0:
+        return tuple(value)
     return tuple(check_rate(f"{field}[{i}]", v, owner) for i, v in enumerate(value))
 
 
@@ -113,6 +117,12 @@ class ScheduleState:
         were skipped (an `initial_epoch` beyond the state) repeat the rate that
         was in effect.
         """
+        # Only the new values need checking: everything else is copied from
+        # this (valid) state, and the lengths are consistent by construction.
+        # Re-validating the whole history every epoch made each epoch O(epochs).
+        epoch = check_int("epoch", epoch)
+        rate = check_rate("learning_rate", rate)
+        rates = check_rates("optimizer_learning_rates", rates)
         hist = list(self.history[:epoch])
         while len(hist) < epoch:
             hist.append(self.learning_rate)
@@ -127,7 +137,7 @@ class ScheduleState:
             h.append(r)
             hists.append(tuple(h))
         batch = self.batch if epoch == self.epoch else 0
-        return dataclasses.replace(
+        return _trusted_replace(
             self,
             epoch=epoch,
             batch=batch,
@@ -175,6 +185,17 @@ class ScheduleState:
                 and the value received.
         """
         return cls(**_validate(data))
+
+
+def _trusted_replace(state: ScheduleState, **changes: Any) -> ScheduleState:
+    """`dataclasses.replace` without re-validation, for transitions whose
+    result is valid by construction (see `begin_epoch`)."""
+    new = object.__new__(type(state))
+    for f in dataclasses.fields(state):
+        object.__setattr__(new, f.name, changes.pop(f.name, getattr(state, f.name)))
+    if changes:
+        raise TypeError(f"Unknown ScheduleState fields: {sorted(changes)}")
+    return new
 
 
 _REQUIRED = ("version", "epoch", "batch", "step", "learning_rate",
