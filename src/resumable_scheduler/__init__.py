@@ -25,3 +25,9 @@ from resumable_scheduler.callbacks.backup_and_restore import (  # noqa: E402
 )
 
 __all__ += ["BackupAndRestore", "PREEMPTED_EXIT_CODE"]
+from resumable_scheduler import lr_access, schedules  # noqa: E402
+from resumable_scheduler.callbacks.early_stopping import EarlyStopping  # noqa: E402
+from resumable_scheduler.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau  # noqa: E402
+from resumable_scheduler.schedules import StepSchedule  # noqa: E402
+
+__all__ += ["EarlyStopping", "ReduceLROnPlateau", "StepSchedule", "lr_access", "schedules"]

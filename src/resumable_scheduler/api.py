@@ -77,13 +77,22 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
         warn_no_state(repr(source))
         return 0
     states = doc["callbacks"]
+    arrays = {}
+    if any(hasattr(cb, "set_arrays") and cb.state_key in states for cb in callbacks):
+        from resumable_scheduler.storage.arrays import read_arrays
+
+        arrays = read_arrays(source)
     # Validate everything before changing anything.
     for cb in callbacks:
         if cb.state_key in states:
             cb.set_state(states[cb.state_key])
+            if arrays.get(cb.state_key) and hasattr(cb, "set_arrays"):
+                cb.set_arrays(arrays[cb.state_key])
     position = doc.get("position")
     if position is not None:
         return int(position["epoch"])
     if SCHEDULER_KEY in states:
         return int(states[SCHEDULER_KEY]["epoch"])
-    return 0
+    # Other callbacks count the epochs whose end they processed.
+    epochs = [st["epoch"] for st in states.values() if isinstance(st, dict) and type(st.get("epoch")) is int]
+    return max(epochs, default=0)

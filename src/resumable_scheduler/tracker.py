@@ -26,6 +26,28 @@ from resumable_scheduler.protocol import Resumable, decode_envelope, encode_enve
 ATTR = "_resumable_scheduler_state"
 #: The dataset inside that group holding the JSON envelope as uint8.
 DATASET = "envelope"
+#: Datasets `arrays::<state_key>::<name>` in that group hold the arrays of
+#: resumables that also implement `get_arrays()` / `set_arrays(dict)` (state
+#: too large for JSON, such as EarlyStopping's best weights).
+ARRAY_PREFIX = "arrays::"
+#: Datasets `training::<name>` hold the arrays of a backup's training state
+#: (RNG keys, seed generators, metric accumulators); see `StateTracker.extra`.
+TRAINING_PREFIX = "training::"
+
+
+def split_arrays(store: Any) -> dict[str, dict[str, np.ndarray]]:
+    """The `arrays::<key>::<name>` datasets of `store`, by key then name."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for full in store.keys():
+        if full.startswith(ARRAY_PREFIX) and "::" in full[len(ARRAY_PREFIX):]:
+            key, name = full[len(ARRAY_PREFIX):].split("::", 1)
+            out.setdefault(key, {})[name] = np.asarray(store[full])
+    return out
+
+
+def _give_arrays(obj: Any, arrays: Mapping[str, np.ndarray] | None) -> None:
+    if arrays and hasattr(obj, "set_arrays"):
+        obj.set_arrays(arrays)
 
 
 class StateTracker(KerasSaveable):
@@ -34,9 +56,13 @@ class StateTracker(KerasSaveable):
     def __init__(self) -> None:
         self._resumables: dict[str, Resumable] = {}
         self._unclaimed: dict[str, Mapping[str, Any]] = {}
+        self._unclaimed_arrays: dict[str, dict[str, np.ndarray]] = {}
         self.epoch = 0
         self.batch = 0
         self.steps: int | None = None
+        #: Set by a backup only while it writes: (top-level envelope items such
+        #: as the position and RNG scalars, arrays stored as `training::*`).
+        self.extra: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
 
     # Keras walks `dir()` of everything it saves; nothing below us is saveable.
     def __dir__(self) -> list[str]:
@@ -52,6 +78,7 @@ class StateTracker(KerasSaveable):
         self._resumables[obj.state_key] = obj
         if obj.state_key in self._unclaimed:
             obj.set_state(self._unclaimed.pop(obj.state_key))
+            _give_arrays(obj, self._unclaimed_arrays.pop(obj.state_key, None))
 
     def resumables(self) -> dict[str, Resumable]:
         return dict(self._resumables)
@@ -60,15 +87,30 @@ class StateTracker(KerasSaveable):
         """Every registered callback's current state, by key."""
         return {k: obj.get_state() for k, obj in self._resumables.items()}
 
-    def apply(self, states: Mapping[str, Mapping[str, Any]]) -> list[str]:
-        """Hands each state to its callback; returns the keys applied."""
+    def collect_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """The arrays of every registered callback that has `get_arrays`, by key."""
+        return {
+            k: dict(obj.get_arrays()) for k, obj in self._resumables.items() if hasattr(obj, "get_arrays")
+        }
+
+    def apply(
+        self,
+        states: Mapping[str, Mapping[str, Any]],
+        arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    ) -> list[str]:
+        """Hands each state (then its arrays, if any) to its callback;
+        returns the keys applied."""
+        arrays = arrays or {}
         applied = []
         for key, st in states.items():
             if key in self._resumables:
                 self._resumables[key].set_state(st)
+                _give_arrays(self._resumables[key], arrays.get(key))
                 applied.append(key)
             else:
                 self._unclaimed[key] = st
+                if key in arrays:
+                    self._unclaimed_arrays[key] = dict(arrays[key])
         return applied
 
     # -- shared position (idempotent: several callbacks may report it) -------
@@ -91,15 +133,21 @@ class StateTracker(KerasSaveable):
     # -- Keras saving hooks ---------------------------------------------------
 
     def save_own_variables(self, store: Any) -> None:
-        data = encode_envelope(self.collect())
+        extra_doc, extra_arrays = self.extra or ({}, {})
+        data = encode_envelope(self.collect(), extra=extra_doc)
         store[DATASET] = np.frombuffer(data, dtype=np.uint8)
+        for name, value in extra_arrays.items():
+            store[f"{TRAINING_PREFIX}{name}"] = np.asarray(value)
+        for key, arrays in self.collect_arrays().items():
+            for name, value in arrays.items():
+                store[f"{ARRAY_PREFIX}{key}::{name}"] = np.asarray(value)
 
     def load_own_variables(self, store: Any) -> None:
         if DATASET not in store:
             warn_no_state("this checkpoint")
             return
         doc = decode_envelope(np.asarray(store[DATASET], dtype=np.uint8).tobytes())
-        self.apply(doc["callbacks"])
+        self.apply(doc["callbacks"], split_arrays(store))
 
 
 def warn_no_state(where: str) -> None:

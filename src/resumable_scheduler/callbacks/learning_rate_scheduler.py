@@ -11,6 +11,7 @@ from typing import Any
 import keras
 
 from resumable_scheduler._keras_internals import print_msg, sync_model_state
+from resumable_scheduler.lr_access import current_rate, get_rate, set_rate
 from resumable_scheduler.protocol import to_python_float
 from resumable_scheduler.state import ScheduleState
 from resumable_scheduler.tracker import tracker_for
@@ -38,7 +39,8 @@ def _takes_lr(schedule: Schedule) -> bool:
 
 
 def _read_rate(optimizer: Any) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    # The rate the schedule controls: a float rate, or an rs.StepSchedule's base.
+    return get_rate(optimizer)
 
 
 class LearningRateScheduler(keras.callbacks.Callback):
@@ -154,7 +156,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         opts = self._optimizers()
         rates = self._state.optimizer_learning_rates or (self._state.learning_rate,)
         for opt, rate in zip(opts, rates):
-            opt.learning_rate = rate
+            set_rate(opt, rate)
         # A freshly compiled optimizer restarts at step 0; the state knows better.
         top = self._model.optimizer
         if int(keras.ops.convert_to_numpy(top.iterations)) != self._state.step:
@@ -211,7 +213,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
                     rate = decided
             else:
                 rate = self._compute(epoch, _read_rate(opt), opt.name if multi else None)
-            opt.learning_rate = rate
+            set_rate(opt, rate)
             rates.append(rate)
             if self.verbose > 0:
                 target = f"{opt.name} learning rate" if multi else "learning rate"
@@ -231,6 +233,6 @@ class LearningRateScheduler(keras.callbacks.Callback):
         opt = self._model.optimizer
         if hasattr(opt, "optimizers"):
             for o in opt.optimizers:
-                logs[f"learning_rate_{o.name}"] = _read_rate(o)
+                logs[f"learning_rate_{o.name}"] = current_rate(o)
         else:
-            logs["learning_rate"] = _read_rate(opt)
+            logs["learning_rate"] = current_rate(opt)
