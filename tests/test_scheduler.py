@@ -288,3 +288,27 @@ def test_multi_optimizer_resume_from_a_keras_file(tmp_path):
     assert rates == pytest.approx([0.02 * math.exp(-0.5), 0.01 * math.exp(-0.5)], rel=1e-6)
     for w_ref, w in zip(ref.get_weights(), loaded.get_weights()):
         assert np.array_equal(w_ref, w)
+
+
+# -- the stock behaviours the README's feature table quotes ---------------------
+
+
+def test_stock_callback_applies_a_nan_rate_silently():
+    model = tiny_model()
+    x, y = demo.data()
+    model.fit(x, y, epochs=1, batch_size=5, verbose=0,
+              callbacks=[keras.callbacks.LearningRateScheduler(lambda epoch, lr: float("nan"))])
+    assert math.isnan(lr_of(model))
+
+
+def test_stock_callback_masks_a_typeerror_inside_the_schedule():
+    def schedule(epoch, lr):
+        raise TypeError("the user's real error")
+
+    model = tiny_model()
+    x, y = demo.data()
+    with pytest.raises(TypeError) as info:
+        model.fit(x, y, epochs=1, batch_size=5, verbose=0,
+                  callbacks=[keras.callbacks.LearningRateScheduler(schedule)])
+    assert "the user's real error" not in str(info.value)
+    assert "missing 1 required positional argument: 'lr'" in str(info.value)
