@@ -166,3 +166,21 @@ def test_console_script_works_without_keras_backend_set(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["epoch"] == 12
+
+
+def test_table_and_plot_of_a_multi_optimizer_state(tmp_path):
+    state = {
+        "source": "multi.keras", "version": 1, "epoch": 2, "batch": 0, "step": 10,
+        "learning_rate": 0.02, "initial_learning_rate": 0.02, "history": [0.02, 0.02],
+        "optimizer_learning_rates": [0.02, 0.01],
+        "optimizer_histories": [[0.02, 0.02], [0.01, 0.005]],
+        "callbacks": {"LearningRateScheduler": {}, "ReduceLROnPlateau": {"wait": 1, "best": 0.5}},
+    }
+    lines = cli.format_table(state).splitlines()
+    assert "optimizer learning rates  0.02, 0.01" in lines
+    assert "epoch  learning rate  optimizer 0  optimizer 1" in lines
+    assert "    1  0.02           0.02         0.005" in lines
+    assert "  ReduceLROnPlateau: best, wait" in lines
+    png = tmp_path / "multi.png"
+    cli.plot_history(state, str(png))
+    assert png.read_bytes()[:4] == b"\x89PNG"
