@@ -37,7 +37,7 @@ def _ckpts(d):
 
 
 def _truncate_newest(d):
-    newest = os.path.join(d, _ckpts(d)[-1], "model.weights.h5")
+    newest = os.path.join(d, _ckpts(d)[-1])
     with open(newest, "r+b") as f:
         f.truncate(os.path.getsize(newest) // 2)
     return newest
@@ -69,22 +69,32 @@ def test_truncated_newest_without_fallback_raises_and_keeps_files(tmp_path):
     assert sorted(os.listdir(d)) == before  # nothing on disk was lost
 
 
-def test_garbled_state_json_is_detected(tmp_path):
+def test_garbled_newest_is_detected_by_its_checksum(tmp_path):
     d = os.fspath(tmp_path / "b")
     _interrupt(d, (3, 1), save_freq=2)
-    state = os.path.join(d, _ckpts(d)[-1], "state.json")
-    with open(state, "wb") as f:
-        f.write(b"{not json")
-    with pytest.raises(RuntimeError, match=re.escape(state)):
+    newest = os.path.join(d, _ckpts(d)[-1])
+    with open(newest, "r+b") as f:  # flip bytes in the middle: still valid HDF5
+        f.seek(os.path.getsize(newest) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(RuntimeError, match=re.escape(newest) + ".*truncated or garbled"):
         fit(make_model(), [rs.BackupAndRestore(d, save_freq=2)])
+
+
+def test_backup_file_is_a_plain_keras_weights_file(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    _interrupt(d, (4, 2), save_freq=1)
+    model = make_model()
+    model.load_weights(os.path.join(d, _ckpts(d)[-1]))
+    assert int(np.asarray(model.optimizer.iterations)) == 22
 
 
 def test_stale_temporary_is_removed_with_warning(tmp_path):
     d = os.fspath(tmp_path / "b")
     _interrupt(d, (5, 3), save_freq=1)
-    stale = os.path.join(d, "ckpt-00000099.tmp-deadbeef")
-    os.makedirs(stale)
-    with open(os.path.join(stale, "model.weights.h5"), "wb") as f:
+    stale = os.path.join(d, "ckpt-00000099.tmp-deadbeef.weights.h5")
+    with open(stale, "wb") as f:
         f.write(b"half a file")
     with pytest.warns(UserWarning, match="ckpt-00000099.tmp-deadbeef"):
         got = _resume(d, save_freq=1)

@@ -22,8 +22,18 @@ NOW = "now_"
 HostRng = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
-def capture(model: Any, epoch: int, batch: int, host_rng: HostRng | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def capture(
+    model: Any,
+    epoch: int,
+    batch: int,
+    host_rng: HostRng | None = None,
+    include_callbacks: bool = True,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Returns `(doc, arrays)` for a checkpoint at batch `batch` of `epoch`.
+
+    `doc["callbacks"]` holds every resumable callback's state unless
+    `include_callbacks` is False (for back ends where Keras's saving writes
+    them already, through the model's tracker).
 
     `host_rng` is the host RNG state at the start of `epoch` (what re-creates
     its batch order); by default, the state now. The model must be synced
@@ -40,19 +50,24 @@ def capture(model: Any, epoch: int, batch: int, host_rng: HostRng | None = None)
         for i, v in enumerate(model.metrics_variables):
             arrays[f"metric_{i}"] = np.asarray(keras.ops.convert_to_numpy(v))
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer else 0
-    doc = {
-        "callbacks": tracker_for(model).collect(),
+    doc: dict[str, Any] = {
         "position": {"epoch": int(epoch), "batch": int(batch), "step": step},
         "rng": meta,
     }
     if batch:
         doc["rng_now"] = now_meta
+    if include_callbacks:
+        doc["callbacks"] = tracker_for(model).collect()
     return doc, arrays
 
 
-def apply_after_load(model: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """After the variables are loaded: callback states, seed generators, RNGs."""
-    tracker_for(model).apply(doc["callbacks"])
+def apply_after_load(
+    model: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray], apply_callbacks: bool = True
+) -> None:
+    """After the variables are loaded: callback states (unless loading the
+    variables through Keras did it already), seed generators, RNGs."""
+    if apply_callbacks:
+        tracker_for(model).apply(doc["callbacks"])
     rng.restore_seed_generators(model, arrays)
     rng.restore_host_rng(doc["rng"], arrays)
 

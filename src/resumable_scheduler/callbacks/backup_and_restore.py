@@ -27,8 +27,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     """Backs up the whole training state atomically and resumes exactly.
 
     Same arguments and meaning as `keras.callbacks.BackupAndRestore`. Each
-    checkpoint is one atomic commit (a `ckpt-NNNNNNNN/` folder written as a
-    temporary, fsynced and renamed) holding the model and optimizer
+    checkpoint is one atomic commit (one `ckpt-NNNNNNNN-CRC32.weights.h5`
+    file written as a temporary, fsynced and renamed; plain
+    `model.load_weights` reads it too) holding the model and optimizer
     variables, the epoch/batch position, the host RNGs, every Keras
     `SeedGenerator`, the metric accumulators of the epoch in progress, and
     the state of every resumable callback of the same `fit` (such as
@@ -264,7 +265,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 f"No usable checkpoint in backup_dir={self.backup_dir!r}: "
                 + "; ".join(errors)
                 + ". Nothing was changed. To start training over from scratch, "
-                f"delete {self.backup_dir!r} (or its ckpt-* folders)."
+                f"delete {self.backup_dir!r} (or its ckpt-* files)."
             )
         return None
 
@@ -272,19 +273,23 @@ class BackupAndRestore(keras.callbacks.Callback):
         model = self._model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(ckpt.weights_path)
-        training_state.apply_after_load(model, ckpt.doc, ckpt.arrays)
+        model.load_weights(ckpt.weights_path)  # also hands over callback states
+        training_state.apply_after_load(model, ckpt.doc, ckpt.arrays, apply_callbacks=False)
         ki.set_initial_epoch(model, ckpt.doc["position"]["epoch"])
         self._resume = ckpt
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
-        doc, arrays = training_state.capture(model, epoch, batch, host_rng)
-        final = layout.next_name(self.backup_dir)
-        atomic.commit_folder(
-            final, lambda tmp: layout.write_files(tmp, model.save_weights, doc, arrays)
-        )
+        doc, arrays = training_state.capture(model, epoch, batch, host_rng, include_callbacks=False)
+        tracker = tracker_for(model)
+        # Keras's saving writes the callback states through the tracker; the
+        # position and RNG ride along in the same group.
+        tracker.extra = (doc, arrays)
+        try:
+            layout.commit(self.backup_dir, model.save_weights)
+        finally:
+            tracker.extra = None
         layout.prune(self.backup_dir, keep=2 if self.double_checkpoint else 1)
 
     # -- preemption -----------------------------------------------------------

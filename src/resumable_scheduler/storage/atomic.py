@@ -1,10 +1,10 @@
-"""Atomic commit of a checkpoint folder, and the one-writer lock.
+"""Atomic commit of a checkpoint file, and the one-writer lock.
 
-A checkpoint is written into `<final>.tmp-XXXXXXXX`, every file is flushed
-and fsynced, then the folder is renamed onto `<final>` (atomic on POSIX) and
-the parent directory is fsynced. A kill at any instant leaves either no
-`<final>` (plus a temporary that the next start removes) or a whole one.
-A finished checkpoint is never modified in place.
+A checkpoint is written as `<stem>.tmp-XXXXXXXX<suffix>`, flushed and
+fsynced, then renamed onto its final name (atomic on POSIX) and the parent
+directory is fsynced. A kill at any instant leaves either no new checkpoint
+(plus a temporary that the next start removes) or a whole one. A finished
+checkpoint is never modified in place.
 
 Concurrency contract: one writer per directory, enforced by `DirLock`
 (an `fcntl.flock` lock, released by the kernel when its process dies, so a
@@ -43,32 +43,38 @@ def _test_delay() -> None:
         time.sleep(float(delay))
 
 
-def commit_folder(final: str, write: Callable[[str], None]) -> str:
-    """Runs `write(tmp_dir)`, then atomically renames `tmp_dir` to `final`.
+def commit_file(
+    stem: str,
+    suffix: str,
+    write: Callable[[str], None],
+    final_name: Callable[[str], str],
+) -> str:
+    """Runs `write(tmp_path)`, fsyncs, then renames it atomically into place.
 
-    `write` creates the files; each is fsynced here before the rename.
-    Raises `FileExistsError` if `final` exists (never overwritten).
+    The temporary is `<stem>.tmp-XXXXXXXX<suffix>` (Keras insists on the
+    `.weights.h5` ending); the final name is `final_name(tmp_path)` in the same
+    directory (it may carry a checksum of the written file). Returns the
+    final path. Raises `FileExistsError` rather than overwrite a checkpoint.
     """
-    parent = os.path.dirname(os.path.abspath(final))
-    if os.path.exists(final):
-        raise FileExistsError(f"Refusing to overwrite the finished checkpoint {final!r}.")
-    tmp = f"{final}{TMP_MARK}{secrets.token_hex(4)}"
-    os.makedirs(tmp)
+    parent = os.path.dirname(os.path.abspath(stem))
+    tmp = f"{stem}{TMP_MARK}{secrets.token_hex(4)}{suffix}"
     try:
         write(tmp)
-        for name in sorted(os.listdir(tmp)):
-            _test_delay()
-            fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(tmp)
+        _test_delay()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = os.path.join(parent, final_name(tmp))
+        if os.path.exists(final):
+            raise FileExistsError(f"Refusing to overwrite the finished checkpoint {final!r}.")
         _test_delay()
         os.rename(tmp, final)
         fsync_dir(parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
     return final
 

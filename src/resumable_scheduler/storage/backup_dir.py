@@ -1,14 +1,19 @@
-"""Backup directories: ours (atomic `ckpt-NNNNNNNN/` folders) and stock Keras's.
+"""Backup directories: ours (one self-contained `.weights.h5` per commit) and
+stock Keras's.
 
-Our layout, one folder per commit (see `storage.atomic`)::
+Our layout::
 
     backup_dir/
       .lock
-      ckpt-00000041/          # previous (kept when double_checkpoint=True)
-      ckpt-00000042/          # newest
-        model.weights.h5      # model + optimizer variables + callback states
-        arrays.npz            # RNG keys, seed generators, metric accumulators
-        state.json            # position, RNG scalars, callback states, file CRCs
+      ckpt-00000041-5e1f09aa.weights.h5   # previous (kept if double_checkpoint)
+      ckpt-00000042-0b77c3d2.weights.h5   # newest
+
+Each file is an ordinary Keras weights file (`model.load_weights` reads it)
+whose `_resumable_scheduler_state` group also holds the position, the RNG
+scalars (JSON envelope) and the RNG keys, seed generators and metric
+accumulators (`training::*` datasets). The hex field is the CRC-32 of the
+whole file, so a truncated or garbled file is detected before use. Files
+are committed atomically (`storage.atomic.commit_file`).
 
 Stock layout: `latest.weights.h5` (+ `.bkp`) and `training_metadata.json`.
 """
@@ -18,119 +23,110 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import h5py
 import numpy as np
 
-from resumable_scheduler.protocol import decode_envelope, encode_envelope
-from resumable_scheduler.storage import h5
+from resumable_scheduler.protocol import decode_envelope
+from resumable_scheduler.storage import atomic, h5
+from resumable_scheduler.tracker import ATTR, DATASET, TRAINING_PREFIX
 
 STOCK_WEIGHTS = "latest.weights.h5"
 STOCK_METADATA = "training_metadata.json"
-WEIGHTS = "model.weights.h5"
-ARRAYS = "arrays.npz"
-STATE = "state.json"
-_NAME = re.compile(r"^ckpt-(\d{8})$")
+SUFFIX = ".weights.h5"
+_NAME = re.compile(r"^ckpt-(\d{8})-([0-9a-f]{8})\.weights\.h5$")
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One complete checkpoint folder, read and verified."""
+    """One complete checkpoint file, read and verified."""
 
     path: str
-    doc: dict[str, Any]  # the envelope, with "position" and "rng"
-    arrays: dict[str, np.ndarray]
+    doc: dict[str, Any]  # the envelope: callbacks, position, rng
+    arrays: dict[str, np.ndarray]  # the training::* datasets, prefix removed
 
     @property
     def weights_path(self) -> str:
-        return os.path.join(self.path, WEIGHTS)
+        return self.path
 
 
 def list_checkpoints(directory: str) -> list[str]:
-    """Complete checkpoint folders, oldest first."""
+    """Committed checkpoint files, oldest first."""
     if not os.path.isdir(directory):
         return []
     names = sorted(n for n in os.listdir(directory) if _NAME.match(n))
     return [os.path.join(directory, n) for n in names]
 
 
-def next_name(directory: str) -> str:
-    existing = list_checkpoints(directory)
-    seq = int(_NAME.match(os.path.basename(existing[-1])).group(1)) + 1 if existing else 0
-    return os.path.join(directory, f"ckpt-{seq:08d}")
+def _seq(path: str) -> int:
+    return int(_NAME.match(os.path.basename(path)).group(1))
 
 
-def _crc(path: str) -> int:
+def crc32(path: str) -> int:
     crc = 0
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+        while chunk := f.read(1 << 22):
             crc = zlib.crc32(chunk, crc)
     return crc
 
 
-def write_files(tmp: str, save_weights, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Writes one checkpoint's files into `tmp` (the atomic commit renames it)."""
-    weights = os.path.join(tmp, WEIGHTS)
-    save_weights(weights)
-    with open(os.path.join(tmp, ARRAYS), "wb") as f:
-        np.savez(f, **arrays)
-    files = {}
-    for name in (WEIGHTS, ARRAYS):
-        p = os.path.join(tmp, name)
-        files[name] = {"size": os.path.getsize(p), "crc32": _crc(p)}
-    body = encode_envelope(doc["callbacks"], extra={k: v for k, v in doc.items() if k != "callbacks"} | {"files": files})
-    with open(os.path.join(tmp, STATE), "wb") as f:
-        f.write(body)
+def commit(directory: str, save: Callable[[str], None]) -> str:
+    """Writes a new checkpoint with `save(path)` and commits it atomically."""
+    existing = list_checkpoints(directory)
+    seq = _seq(existing[-1]) + 1 if existing else 0
+    return atomic.commit_file(
+        os.path.join(directory, f"ckpt-{seq:08d}"),
+        SUFFIX,
+        save,
+        lambda tmp: f"ckpt-{seq:08d}-{crc32(tmp):08x}{SUFFIX}",
+    )
 
 
 def read_checkpoint(path: str) -> Checkpoint:
-    """Reads and verifies one folder; raises `ValueError` naming the bad file."""
-    state = os.path.join(path, STATE)
+    """Reads and verifies one file; raises `ValueError` naming it if bad."""
+    m = _NAME.match(os.path.basename(path))
+    if m is None:
+        raise ValueError(f"Not a checkpoint file name: {path!r}.")
     try:
-        with open(state, "rb") as f:
-            doc = decode_envelope(f.read())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Unreadable checkpoint file {state!r}: {e}") from None
-    files = doc.get("files")
-    if not isinstance(files, dict) or set(files) != {WEIGHTS, ARRAYS}:
-        raise ValueError(f"Unreadable checkpoint file {state!r}: no valid `files` entry.")
-    for name, meta in files.items():
-        p = os.path.join(path, name)
-        try:
-            size, crc = os.path.getsize(p), _crc(p)
-        except OSError as e:
-            raise ValueError(f"Unreadable checkpoint file {p!r}: {e}") from None
-        if not isinstance(meta, dict) or size != meta.get("size") or crc != meta.get("crc32"):
-            raise ValueError(
-                f"Corrupt checkpoint file {p!r}: size {size} / crc32 {crc} do not match "
-                f"the recorded {meta!r} (truncated or garbled)."
-            )
+        actual = crc32(path)
+    except OSError as e:
+        raise ValueError(f"Unreadable checkpoint file {path!r}: {e}") from None
+    if actual != int(m.group(2), 16):
+        raise ValueError(
+            f"Corrupt checkpoint file {path!r}: its CRC-32 is {actual:08x}, its "
+            f"name says {m.group(2)} (truncated or garbled)."
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            group = f[f"{ATTR}/vars"]
+            doc = decode_envelope(np.asarray(group[DATASET], dtype=np.uint8).tobytes())
+            arrays = {
+                k[len(TRAINING_PREFIX):]: np.asarray(group[k])
+                for k in group.keys() if k.startswith(TRAINING_PREFIX)
+            }
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"Unreadable checkpoint file {path!r}: {e}") from None
     for key in ("position", "rng"):
         if not isinstance(doc.get(key), dict):
-            raise ValueError(f"Unreadable checkpoint file {state!r}: no valid `{key}` entry.")
+            raise ValueError(f"Unreadable checkpoint file {path!r}: no valid `{key}` entry.")
     pos = doc["position"]
     for key in ("epoch", "batch", "step"):
         v = pos.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(
-                f"Invalid value for field `position.{key}` in {state!r}. "
+                f"Invalid value for field `position.{key}` in {path!r}. "
                 f"Received: {key}={v!r}. Expected an integer >= 0."
             )
-    try:
-        with np.load(os.path.join(path, ARRAYS), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Unreadable checkpoint file {os.path.join(path, ARRAYS)!r}: {e}") from None
     return Checkpoint(path=path, doc=doc, arrays=arrays)
 
 
 def prune(directory: str, keep: int) -> None:
-    """Deletes all but the newest `keep` complete checkpoints."""
+    """Deletes all but the newest `keep` checkpoint files."""
     for path in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        os.remove(path)
 
 
 def is_backup_dir(path: str) -> bool:
