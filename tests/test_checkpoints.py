@@ -82,7 +82,7 @@ def test_stock_backup_and_restore_exception_at_each_epoch(tmp_path, reference, e
     backup = str(tmp_path / "backup")
     model = demo.build_model()
     with pytest.raises(Interrupt):
-        fit(model, [demo.make_backup(backup), rs.LearningRateScheduler(demo.schedule), InterruptAt(epoch)])
+        fit(model, [keras.callbacks.BackupAndRestore(backup, save_freq="epoch"), rs.LearningRateScheduler(demo.schedule), InterruptAt(epoch)])
     if epoch > 0:
         saved = rs.read_state(backup)
         assert (saved["epoch"], saved["batch"], saved["step"]) == (epoch, 0, 5 * epoch)
@@ -91,7 +91,7 @@ def test_stock_backup_and_restore_exception_at_each_epoch(tmp_path, reference, e
     # A new process would build everything again: so do we.
     model = demo.build_model()
     callback = rs.LearningRateScheduler(demo.schedule)
-    fit(model, [demo.make_backup(backup), callback])
+    fit(model, [keras.callbacks.BackupAndRestore(backup, save_freq="epoch"), callback])
     assert_same_as_reference(model, reference)
     assert callback.state.history == pytest.approx([0.01] * 10 + [0.01 * math.exp(-0.1 * k) for k in range(1, 6)])
 

@@ -114,7 +114,7 @@ def test_inspect_a_stock_backup_dir(tmp_path, capsys):
     x, y = demo.data()
     with pytest.raises(KeyboardInterrupt):
         model.fit(x, y, epochs=15, batch_size=1, shuffle=False, verbose=0,
-                  callbacks=[demo.make_backup(backup), rs.LearningRateScheduler(demo.schedule), StopAt3()])
+                  callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq="epoch"), rs.LearningRateScheduler(demo.schedule), StopAt3()])
     code, out, err = run(["inspect", backup], capsys)
     assert code == 0, err
     assert "next epoch             3" in out.splitlines()
