@@ -184,3 +184,12 @@ def test_table_and_plot_of_a_multi_optimizer_state(tmp_path):
     png = tmp_path / "multi.png"
     cli.plot_history(state, str(png))
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_rejects_an_impossible_number_of_kills(capsys):
+    code, out, err = run(["demo", "--kills", "15"], capsys)
+    assert code == 2
+    assert err == (
+        "resumable-scheduler demo: error: Invalid value for argument `kills`. "
+        "Received: kills=15. Expected an integer from 0 to 14.\n"
+    )

@@ -173,7 +173,10 @@ def _inspect(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from resumable_scheduler.demo import run_demo
 
-    result = run_demo(seed=args.seed, kills=args.kills, workdir=args.workdir)
+    try:
+        result = run_demo(seed=args.seed, kills=args.kills, workdir=args.workdir)
+    except (ValueError, RuntimeError) as e:
+        raise CliError(str(e)) from None
     return 0 if result["ok"] else 1
 
 

@@ -224,7 +224,7 @@ def run_demo(
         kills: int. How many times the child is SIGKILLed before it is
             allowed to finish (at distinct epochs 1..14).
         workdir: str, optional. Where the child keeps its backup and results
-            (default: a new temporary directory).
+            (default: a temporary directory, removed at the end).
         out: Callable, optional. Receives the progress lines (None: quiet).
 
     Returns:
@@ -239,7 +239,9 @@ def run_demo(
             f"Invalid value for argument `kills`. Received: kills={kills}. "
             f"Expected an integer from 0 to {EPOCHS - 1}."
         )
-    workdir = workdir or tempfile.mkdtemp(prefix="rs-demo-")
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="rs-demo-") as tmp:
+            return run_demo(seed=seed, kills=kills, workdir=tmp, out=out)
     os.makedirs(workdir, exist_ok=True)
     rng = random.Random(seed)
     kill_points = sorted(rng.sample(range(1, EPOCHS), kills))
