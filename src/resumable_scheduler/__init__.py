@@ -2,32 +2,47 @@
 
 Users write ``import resumable_scheduler as rs`` and swap
 ``keras.callbacks.X`` for ``rs.X``.
+
+Names are imported lazily, on first use: importing the package (or its CLI)
+does not import Keras, so the CLI can choose the backend first.
 """
 
-from resumable_scheduler.api import read_state, restore
-from resumable_scheduler.callbacks.learning_rate_scheduler import LearningRateScheduler
-from resumable_scheduler.protocol import Resumable
-from resumable_scheduler.state import STATE_VERSION, ScheduleState
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LearningRateScheduler",
-    "Resumable",
-    "STATE_VERSION",
-    "ScheduleState",
-    "read_state",
-    "restore",
-]
-from resumable_scheduler.callbacks.backup_and_restore import (  # noqa: E402
-    PREEMPTED_EXIT_CODE,
-    BackupAndRestore,
-)
+#: Public name -> module that defines it.
+_EXPORTS = {
+    "BackupAndRestore": "resumable_scheduler.callbacks.backup_and_restore",
+    "PREEMPTED_EXIT_CODE": "resumable_scheduler.callbacks.backup_and_restore",
+    "EarlyStopping": "resumable_scheduler.callbacks.early_stopping",
+    "LearningRateScheduler": "resumable_scheduler.callbacks.learning_rate_scheduler",
+    "ReduceLROnPlateau": "resumable_scheduler.callbacks.reduce_lr_on_plateau",
+    "Resumable": "resumable_scheduler.protocol",
+    "STATE_VERSION": "resumable_scheduler.state",
+    "ScheduleState": "resumable_scheduler.state",
+    "StepSchedule": "resumable_scheduler.schedules",
+    "read_state": "resumable_scheduler.api",
+    "restore": "resumable_scheduler.api",
+}
+_SUBMODULES = ("lr_access", "schedules")
 
-__all__ += ["BackupAndRestore", "PREEMPTED_EXIT_CODE"]
-from resumable_scheduler import lr_access, schedules  # noqa: E402
-from resumable_scheduler.callbacks.early_stopping import EarlyStopping  # noqa: E402
-from resumable_scheduler.callbacks.reduce_lr_on_plateau import ReduceLROnPlateau  # noqa: E402
-from resumable_scheduler.schedules import StepSchedule  # noqa: E402
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-__all__ += ["EarlyStopping", "ReduceLROnPlateau", "StepSchedule", "lr_access", "schedules"]
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"resumable_scheduler.{name}")
+    else:
+        raise AttributeError(f"module 'resumable_scheduler' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
