@@ -153,12 +153,6 @@ def test_console_script_inspect(capsys):
     assert json.loads(proc.stdout)["epoch"] == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resumable_scheduler/__init__.py imports Keras before cli.py can choose the "
-    "backend, so without KERAS_BACKEND Keras picks tensorflow (not installed); "
-    "remove this mark once the package import is lazy",
-)
 def test_console_script_works_without_keras_backend_set(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["KERAS_HOME"] = str(tmp_path)  # no keras.json: Keras's own default applies
