@@ -1,14 +1,13 @@
 """Reading the arrays of resumable callbacks (beside their JSON states).
 
 They live in the same HDF5 group as the envelope (see
-`resumable_scheduler.tracker.ARRAY_PREFIX`), in every `.weights.h5` file,
-`.keras` archive and backup folder that Keras's saving wrote.
+`resumable_scheduler.tracker.ARRAY_PREFIX`), in every `.weights.h5` file and
+`.keras` archive that Keras's saving wrote, backups included.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from typing import Any
 
@@ -43,16 +42,10 @@ class _Store:
 def read_arrays(source: str) -> dict[str, dict[str, np.ndarray]]:
     """Callback arrays by state key, from what `find_envelope` read.
 
-    `source` is a `.weights.h5` file, a `.keras` archive, or a backup folder
-    holding `model.weights.h5`; anything else has no arrays (`{}`).
+    `source` is a `.weights.h5` file (a backup's or a `ModelCheckpoint`'s) or
+    a `.keras` archive; anything else has no arrays (`{}`).
     """
-    from resumable_scheduler.storage.backup_dir import WEIGHTS
-
     path = source
-    if os.path.isdir(path):
-        path = os.path.join(path, WEIGHTS)
-        if not os.path.exists(path):
-            return {}
     try:
         if path.endswith(".keras"):
             with zipfile.ZipFile(path) as zf:
