@@ -20,6 +20,7 @@ _EXPORTS = {
     "PREEMPTED_EXIT_CODE": "resumable_scheduler.callbacks.backup_and_restore",
     "EarlyStopping": "resumable_scheduler.callbacks.early_stopping",
     "LearningRateScheduler": "resumable_scheduler.callbacks.learning_rate_scheduler",
+    "OrbaxCheckpoint": "resumable_scheduler.callbacks.orbax_checkpoint",
     "ReduceLROnPlateau": "resumable_scheduler.callbacks.reduce_lr_on_plateau",
     "Resumable": "resumable_scheduler.protocol",
     "STATE_VERSION": "resumable_scheduler.state",
@@ -46,3 +47,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *__all__])
+
+
+# `keras.models.load_model` finds our schedules (saved inside optimizer
+# configs) only once their module has registered them. If Keras is already
+# imported (its backend chosen), do it now; otherwise touching `rs.schedules`
+# or any rs callback does it.
+import sys as _sys  # noqa: E402
+
+if "keras" in _sys.modules:
+    importlib.import_module("resumable_scheduler.schedules")
