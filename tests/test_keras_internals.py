@@ -31,6 +31,8 @@ PINNED = {
     "set_initial_epoch": "test_set_initial_epoch_moves_the_running_fit",
     "epoch_iterator_class": "test_epoch_iterator_class",
     "resumable_adapter_classes": "test_resumable_adapter_classes_are_what_fit_uses",
+    "model_config_json": "test_model_config_and_assets_are_what_stock_orbax_saves",
+    "model_assets": "test_model_config_and_assets_are_what_stock_orbax_saves",
 }
 
 
@@ -218,3 +220,15 @@ def test_resumable_adapter_classes_are_what_fit_uses():
                 return np.ones((2, 2), "float32"), np.zeros((2, 1), "float32")
 
         assert isinstance(cls(x=Data()).data_adapter, pydataset_cls)
+
+
+def test_model_config_and_assets_are_what_stock_orbax_saves():
+    from keras.src.saving import saving_lib
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    with internal("saving_lib._serialize_model_as_json / _save_assets_to_dict"):
+        config = ki.model_config_json(model)
+        assert isinstance(config, str)
+        rebuilt = saving_lib._model_from_config(config, custom_objects=None, compile=False, safe_mode=True)
+        assert [tuple(w.shape) for w in rebuilt.weights] == [(3, 2), (2,)]
+        assert ki.model_assets(model) is None

@@ -89,3 +89,16 @@ def resumable_adapter_classes() -> tuple[type, ...]:
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
     return (ArrayDataAdapter, PyDatasetAdapter)
+
+
+def model_config_json(model: Any) -> str:
+    """The model config as the JSON string stock `OrbaxCheckpoint` saves in
+    its `model_config` checkpointable (what `keras.models.load_model` reads
+    from an Orbax directory)."""
+    config_json, _ = saving_lib._serialize_model_as_json(model)
+    return config_json
+
+
+def model_assets(model: Any) -> Any:
+    """The model's assets as stock `OrbaxCheckpoint` saves them, or None."""
+    return saving_lib._save_assets_to_dict(model)

@@ -1,0 +1,526 @@
+"""`rs.OrbaxCheckpoint`: Keras's Orbax callback, made to resume by itself, exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+
+from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler import training_state
+from resumable_scheduler.callbacks._resume import (
+    PREEMPTED_EXIT_CODE,
+    ResumeMixin,
+    check_save_freq,
+    check_signals,
+)
+from resumable_scheduler.monitor_state import check_best, encode_best
+from resumable_scheduler.protocol import encode_envelope
+from resumable_scheduler.storage import orbax_dir as layout
+from resumable_scheduler.tracker import tracker_for
+
+#: The checkpointer each directory has open in this process. A `fit` that
+#: ended by an exception never reached `on_train_end`: its background write
+#: must finish before a new `fit` cleans up temporaries in the same directory.
+_OPEN: dict[str, Any] = {}
+
+GROUPS = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
+_HOST_RNG_PREFIXES = ("rng_", training_state.NOW)
+
+
+class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
+    """Saves with Orbax like `keras.callbacks.OrbaxCheckpoint`, and resumes exactly.
+
+    Same arguments and meaning as `keras.callbacks.OrbaxCheckpoint`. In
+    addition, every step also holds, beside the model state tree, the
+    epoch/batch position, the host RNGs, every Keras `SeedGenerator`, the
+    metric accumulators of an epoch in progress and the state of every
+    resumable callback of the same `fit` (such as `rs.LearningRateScheduler`),
+    as Orbax checkpointables: `resumable_state` (JSON) and `resumable_arrays`.
+
+    At the start of `fit` it loads the newest complete step (weights,
+    optimizer, callback states, position) and continues from there, for
+    `save_freq="epoch"` and for an integer `save_freq` (mid-epoch: at the
+    first batch not yet trained, in the same batch order). Rerunning the same
+    script after an interruption therefore just continues.
+
+    Steps are named by the global batch index (batches trained since the
+    start of training) at the save, so a rerun never reuses a finished step.
+    An epoch-end step is committed once every callback has finished the epoch.
+    A relative `directory` is made absolute when the callback is created.
+    With `save_on_background=True` (default) Orbax writes in the background;
+    the end of `fit` waits for the writes (`wait_until_finished`).
+    `keras.models.load_model(directory)` reads the newest step, as it reads a
+    stock one. With `save_weights_only=True` no model config is written (as
+    stock), but the optimizer variables still are: resuming needs them.
+
+    Several JAX processes (`keras.distribution`): Orbax coordinates the
+    writes (every process must run the same `fit`); each process's host RNG
+    is saved and restored separately. On SIGTERM (or any of
+    `preemption_signals`) to any process, all processes agree, at the end of
+    the same batch, to save that step and stop; `fit` then raises
+    `SystemExit(preemption_exit_code)` (or returns, with `self.preempted` set,
+    if `exit_on_preemption=False`).
+
+    Not thread-safe; call `fit` from the main thread to have preemption
+    handling.
+
+    Args:
+        directory: String or path. Where the step folders go (use it for
+            nothing else).
+        monitor: String. The metric for `save_best_only`.
+        verbose: Integer, 0 or 1. 1 prints a line for every step saved.
+        save_best_only: Boolean. Save only when `monitor` improves.
+        mode: One of `"auto"`, `"min"`, `"max"`, for `save_best_only`.
+        save_freq: `"epoch"` or an integer number of batches.
+        initial_value_threshold: Float. Initial "best" value of `monitor`.
+        max_to_keep: Integer or None. Number of newest steps kept (None: all).
+        save_on_background: Boolean. Write asynchronously.
+        save_weights_only: Boolean. Skip the model config and assets.
+        preemption_signals: Iterable of signal numbers that trigger a
+            checkpoint and a clean stop. Defaults to `(signal.SIGTERM,)`.
+        exit_on_preemption: Boolean. After a preemption checkpoint, raise
+            `SystemExit(preemption_exit_code)` at the end of `fit`.
+        preemption_exit_code: Integer exit status after a preemption.
+
+    Raises:
+        ImportError: `orbax-checkpoint` is not installed.
+        ValueError: an invalid argument (named in the message).
+
+    Example:
+
+    >>> import tempfile
+    >>> class Interrupt(keras.callbacks.Callback):
+    ...     def on_train_batch_end(self, batch, logs=None):
+    ...         if self.params and batch == 2 and not getattr(self, "done", False):
+    ...             self.done = True
+    ...             raise RuntimeError("Interrupting!")
+    >>> d = tempfile.mkdtemp()
+    >>> def run(*extra):
+    ...     keras.utils.set_random_seed(1)
+    ...     model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(10)])
+    ...     model.compile(keras.optimizers.SGD(), loss="mse")
+    ...     cbs = [rs.OrbaxCheckpoint(d, save_freq=1), *extra]
+    ...     model.fit(np.arange(100).reshape(5, 20) / 100, np.zeros((5, 10)),
+    ...               epochs=3, batch_size=1, callbacks=cbs, verbose=0)
+    ...     return model
+    >>> try:
+    ...     run(Interrupt())
+    ... except RuntimeError:
+    ...     pass
+    >>> int(run().optimizer.iterations)  # 15 batches, none trained twice
+    15
+    >>> rs.read_state(d)["epoch"]
+    3
+    """
+
+    state_key = "OrbaxCheckpoint"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        max_to_keep: int | None = 1,
+        save_on_background: bool = True,
+        save_weights_only: bool = False,
+        preemption_signals: Iterable[int] | None = None,
+        exit_on_preemption: bool = True,
+        preemption_exit_code: int = PREEMPTED_EXIT_CODE,
+    ) -> None:
+        layout.import_orbax()
+        # MonitorCallback's set-up only: the stock __init__ would open a
+        # checkpointer on a (possibly relative) path right away.
+        super(keras.callbacks.OrbaxCheckpoint, self).__init__(monitor, mode, initial_value_threshold)
+        if not directory or not isinstance(directory, (str, os.PathLike)):
+            raise ValueError(
+                "Invalid value for argument `directory`. "
+                f"Received: directory={directory!r}. Expected a non-empty path."
+            )
+        check_save_freq(save_freq)
+        if max_to_keep is not None and (isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ValueError(
+                "Invalid value for argument `max_to_keep`. "
+                f"Received: max_to_keep={max_to_keep!r}. Expected None or an integer >= 1."
+            )
+        directory = os.fspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_freq = save_freq
+        self.max_to_keep = max_to_keep
+        self.save_on_background = save_on_background
+        self.save_weights_only = save_weights_only
+        self.preemption_signals = check_signals(preemption_signals)
+        self.exit_on_preemption = exit_on_preemption
+        self.preemption_exit_code = preemption_exit_code
+        self.preempted: int | None = None
+        self.checkpointer: Any = None
+        self._async_futures: list[Any] = []
+        self._last_step = -1
+        self._reset_position()
+
+    # -- resumable protocol (the `best` of save_best_only) ---------------------
+
+    def get_state(self) -> dict[str, Any]:
+        return {"version": 1, "best": encode_best(self.best)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise ValueError(
+                f"Invalid OrbaxCheckpoint state. Received: {state!r:.200}. "
+                "Expected a dict with version=1."
+            )
+        self.best = check_best(state.get("best"), "OrbaxCheckpoint")
+
+    def set_model(self, model: Any) -> None:
+        keras.callbacks.Callback.set_model(self, model)
+        if self.save_best_only:
+            tracker_for(model).register(self)
+
+    # -- multi-host ------------------------------------------------------------
+
+    def is_multihost_enabled(self) -> bool:
+        """True when several JAX processes train together."""
+        return _process_count() > 1
+
+    def is_primary_host(self) -> bool:
+        """True on the process that writes shared files (process 0)."""
+        return _process_index() == 0
+
+    def _poll_signal(self) -> int | None:
+        if _process_count() == 1:
+            return self._signal
+        # Every process asks at the end of every batch: any signal anywhere
+        # stops all of them at the same batch, with one shared checkpoint.
+        agreed = int(np.max(_allgather(np.array([self._signal or 0], np.int32))))
+        return agreed or None
+
+    # -- fit lifecycle ----------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._reset_position()
+        self.preempted = None
+        model = self._model
+        if not model.built:
+            raise ValueError(
+                "To use the OrbaxCheckpoint callback, your model must be built "
+                f"before you call `fit()`. Model {model} is unbuilt. You can build "
+                "it beforehand by calling it on a batch of data."
+            )
+        if self.monitor_op is None and self.save_best_only:
+            self._set_monitor_op()
+        self._open()
+        tracker_for(model).steps = self.params.get("steps") if self.params else None
+        found = self._newest_resumable()
+        if found is not None:
+            self._load(*found)
+        else:
+            self._start_fresh()
+        self._install_handlers()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        try:
+            self._end_position(commit_boundary=True)
+            self.wait_until_finished()
+        finally:
+            self._restore_handlers()
+            self._close()
+        self._exit_if_preempted()
+
+    def wait_until_finished(self) -> None:
+        """Blocks until every background write has finished (on every process)."""
+        futures, self._async_futures = self._async_futures, []
+        for f in futures:
+            f.result()
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+
+    # -- save decisions (save_best_only) -----------------------------------------
+
+    def _want_batch_save(self, batch: int, logs: dict | None) -> bool:
+        return self._improved(logs, f"batch {batch}")
+
+    def _want_epoch_save(self, epoch: int, logs: dict | None) -> bool:
+        return self._improved(logs, f"epoch {epoch}")
+
+    def _improved(self, logs: dict | None, where: str) -> bool:
+        if not self.save_best_only:
+            return True
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        current = logs.get(self.monitor) if logs else None
+        if current is None:
+            warnings.warn(
+                f"Can save best model only with {self.monitor} available, skipping save at {where}.",
+                stacklevel=3,
+            )
+            return False
+        if not self._is_improvement(current, self.best):
+            return False
+        self.best = float(current)
+        return True
+
+    # -- storage ------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._close()
+        previous = _OPEN.pop(self.directory, None)
+        if previous is not None:
+            try:
+                previous.close()  # waits for its writes
+            except Exception as e:  # noqa: BLE001 - the old run already failed
+                warnings.warn(f"An earlier write to {self.directory!r} failed: {e}", UserWarning, stacklevel=3)
+        ocp = layout.import_orbax().v1
+        policy = None
+        if self.max_to_keep is not None:
+            policy = ocp.training.preservation_policies.LatestN(self.max_to_keep)
+        self._context = layout.context()
+        self.checkpointer = ocp.training.Checkpointer(
+            self.directory,
+            context=self._context,
+            preservation_policy=policy,
+            cleanup_tmp_directories=True,
+        )
+        _OPEN[self.directory] = self.checkpointer
+        steps = [c.step for c in self.checkpointer.checkpoints]
+        self._last_step = max(steps, default=-1)
+
+    def _close(self) -> None:
+        if self.checkpointer is not None:
+            ckptr, self.checkpointer = self.checkpointer, None
+            self._async_futures = []
+            if _OPEN.get(self.directory) is ckptr:
+                del _OPEN[self.directory]
+            ckptr.close()
+
+    def _newest_resumable(self) -> tuple[int, dict[str, Any]] | None:
+        steps = sorted((c.step for c in self.checkpointer.checkpoints), reverse=True)
+        errors: list[str] = []
+        for step in steps:
+            try:
+                doc = layout.read_state_item(self.directory, step)
+            except ValueError as e:
+                errors.append(str(e))
+                continue
+            if doc is None:
+                raise ValueError(
+                    f"The newest step ({step}) in directory={self.directory!r} has no "
+                    "resumable state: it was written by keras.callbacks.OrbaxCheckpoint. "
+                    "rs.OrbaxCheckpoint cannot tell where to resume from it; use a new "
+                    "directory (keras.models.load_model can still read this one)."
+                )
+            if errors:
+                warnings.warn(
+                    f"The newest checkpoint could not be read ({errors[0]}); resuming "
+                    f"from step {step}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return step, doc
+        if errors:
+            raise RuntimeError(
+                f"No usable checkpoint in directory={self.directory!r}: " + "; ".join(errors)
+                + ". Nothing was changed. To start training over from scratch, delete "
+                f"{self.directory!r} (or its step folders)."
+            )
+        return None
+
+    def _load(self, step: int, doc: dict[str, Any]) -> None:
+        model = self._model
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        pairs = _match_variables(model, doc, step)
+        abstract: dict[str, Any] = {g: {} for g in GROUPS if g in doc["variables"]}
+        for group, path, var in pairs:
+            _put(abstract[group], path, _abstract_leaf(var))
+        with self._context:
+            loaded = self.checkpointer.load_checkpointables(
+                step, {layout.PYTREE: abstract, layout.ARRAYS: None}
+            )
+        tree, saved = loaded[layout.PYTREE], loaded[layout.ARRAYS]
+        for group, path, var in pairs:
+            var.assign(_get(tree[group], path))
+        arrays = {k: np.asarray(v) for k, v in (saved.get("training") or {}).items()}
+        cb_arrays = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in (saved.get("callbacks") or {}).items()}
+        doc, arrays = _this_process_rng(doc, arrays)
+        tracker_for(model).apply(doc["callbacks"], cb_arrays)
+        self._resume_from(doc, arrays, apply_callbacks=False)
+        self._last_step = max(self._last_step, step)
+
+    def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
+        self._boundary_pending = False
+        model = self.model  # on JAX this syncs the in-flight state
+        doc, arrays = training_state.capture(model, epoch, batch, host_rng)
+        doc["variables"] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
+        if _process_count() > 1:
+            doc["rng_by_process"] = _gather_host_rng(doc, arrays)
+        envelope = json.loads(encode_envelope(doc["callbacks"], {k: v for k, v in doc.items() if k != "callbacks"}))
+        tree = _state_tree(model)
+        if self.save_weights_only:
+            tree = {k: tree[k] for k in ("trainable_variables", "non_trainable_variables", "optimizer_variables")}
+        payload: dict[str, Any] = {
+            layout.PYTREE: tree,
+            layout.STATE: envelope,
+            layout.ARRAYS: {"training": arrays, "callbacks": tracker_for(model).collect_arrays()},
+        }
+        if not self.save_weights_only:
+            # What stock writes, so that keras.models.load_model reads it.
+            payload[layout.MODEL_CONFIG] = {"config": ki.model_config_json(model)}
+            assets = ki.model_assets(model)
+            if assets is not None:
+                payload[layout.ASSETS] = assets
+        step = max(doc["position"]["step"], self._last_step + 1)
+        self._last_step = step
+        with self._context:
+            if self.save_on_background:
+                future = self.checkpointer.save_checkpointables_async(step, payload, force=True)
+                if future is not None:
+                    self._async_futures.append(future)
+            else:
+                self.checkpointer.save_checkpointables(step, payload, force=True)
+        if self.verbose > 0 and self.is_primary_host():
+            ki.print_msg(
+                f"\nEpoch {epoch + 1 if batch else epoch}: saving Orbax step {step} "
+                f"(epoch {epoch}, batch {batch}) to {self.directory}"
+            )
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _process_count() -> int:
+    if keras.backend.backend() != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def _process_index() -> int:
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def _allgather(x: np.ndarray) -> np.ndarray:
+    """`x` from every process, stacked along a new first axis."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x))
+
+
+def _group(model: Any, group: str) -> list[Any]:
+    if group == "optimizer_variables":
+        return list(model.optimizer.variables) if model.optimizer is not None else []
+    return list(getattr(model, group))
+
+
+def _state_tree(model: Any) -> dict[str, Any]:
+    """The model state tree as stock Keras saves it (native arrays on JAX)."""
+    if keras.backend.backend() == "jax":
+        return model.get_state_tree()
+    tree = model.get_state_tree(value_format="numpy_array")
+    return keras.tree.map_structure(lambda x: x.item() if np.ndim(x) == 0 else x, tree)
+
+
+def _put(tree: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split("/")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _get(tree: Mapping[str, Any], path: str) -> Any:
+    for p in path.split("/"):
+        tree = tree[p]
+    return tree
+
+
+def _abstract_leaf(var: Any) -> Any:
+    """What Orbax should restore `var` as: its shape, dtype and sharding."""
+    if keras.backend.backend() != "jax":
+        return np.zeros(var.shape, dtype=var.dtype)
+    import jax
+
+    return jax.ShapeDtypeStruct(tuple(var.shape), var.dtype, sharding=getattr(var.value, "sharding", None))
+
+
+def _match_variables(model: Any, doc: dict[str, Any], step: int) -> list[tuple[str, str, Any]]:
+    """(group, saved path, model variable) for every saved variable, in order.
+
+    Variables are matched by position in their group, not by path: a model
+    built again in the same process gets new unique names (`dense_1`).
+    """
+    saved = doc.get("variables")
+    if not isinstance(saved, dict):
+        raise ValueError(f"Unreadable resumable state of step {step}: no valid `variables` entry.")
+    pairs = []
+    for group in GROUPS:
+        if group not in saved:
+            continue
+        paths, variables = saved[group], _group(model, group)
+        if len(paths) != len(variables):
+            raise ValueError(
+                f"The checkpoint at step {step} holds {len(paths)} {group} but the model has "
+                f"{len(variables)}: it was written by a different model or optimizer."
+            )
+        for path, var in zip(paths, variables):
+            pairs.append((group, path, var))
+    return pairs
+
+
+def _gather_host_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Every process's host RNG state (they differ when processes shuffle
+    differently), gathered so that process 0 can save them all."""
+    mine = {
+        "rng": doc["rng"],
+        "rng_now": doc.get("rng_now"),
+        "arrays": {
+            k: {"dtype": str(v.dtype), "data": np.asarray(v).tolist()}
+            for k, v in arrays.items()
+            if k.startswith(_HOST_RNG_PREFIXES)
+        },
+    }
+    data = np.frombuffer(json.dumps(mine).encode("utf-8"), dtype=np.uint8)
+    sizes = _allgather(np.array([data.size], np.int32)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    rows = _allgather(padded)
+    return [json.loads(bytes(rows[i, : sizes[i]]).decode("utf-8")) for i in range(len(sizes))]
+
+
+def _this_process_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The doc and arrays with this process's own host RNG state."""
+    per = doc.get("rng_by_process")
+    if not per:
+        return doc, arrays
+    count, index = _process_count(), _process_index()
+    if len(per) != count:
+        warnings.warn(
+            f"The checkpoint was written by {len(per)} processes and {count} are "
+            "running: every process starts from process 0's host RNG state, so "
+            "the batch order differs from the interrupted run.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return doc, arrays
+    mine = per[index]
+    doc = {**doc, "rng": mine["rng"]}
+    if mine.get("rng_now") is not None:
+        doc["rng_now"] = mine["rng_now"]
+    arrays = {k: v for k, v in arrays.items() if not k.startswith(_HOST_RNG_PREFIXES)}
+    for k, a in mine["arrays"].items():
+        arrays[k] = np.asarray(a["data"], dtype=np.dtype(a["dtype"]))
+    return doc, arrays
