@@ -55,7 +55,7 @@ def check_save_freq(save_freq: Any, allow_false: bool = False) -> None:
     """
     if save_freq == "epoch" or (allow_false and save_freq is False):
         return
-    if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq <= 0:
+    if not isinstance(save_freq, int) or save_freq <= 0:
         raise ValueError(
             "Invalid value for argument `save_freq`. "
             f"Received: save_freq={save_freq!r}. "

@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import warnings
 from collections.abc import Iterable
-from typing import Any
 
 import keras
-import numpy as np
 
-from resumable_scheduler import _keras_internals as ki
-from resumable_scheduler import rng, training_state
-from resumable_scheduler.data import skip_batches
+from resumable_scheduler import training_state
+from resumable_scheduler.callbacks._resume import (
+    PREEMPTED_EXIT_CODE,
+    ResumeMixin,
+    check_save_freq,
+    check_signals,
+)
 from resumable_scheduler.storage import atomic
 from resumable_scheduler.storage import backup_dir as layout
 from resumable_scheduler.tracker import tracker_for
 
-#: Exit status after a preemption checkpoint (128 + SIGTERM, as a shell reports it).
-PREEMPTED_EXIT_CODE = 143
+__all__ = ["PREEMPTED_EXIT_CODE", "BackupAndRestore"]
 
 
-class BackupAndRestore(keras.callbacks.Callback):
+class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     """Backs up the whole training state atomically and resumes exactly.
 
     Same arguments and meaning as `keras.callbacks.BackupAndRestore`. Each
@@ -109,19 +108,8 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "Invalid value for argument `backup_dir`. "
                 f"Received: backup_dir={backup_dir!r}. Expected a non-empty path."
             )
-        if save_freq != "epoch" and (not isinstance(save_freq, int) or (save_freq is not False and save_freq <= 0)):
-            raise ValueError(
-                "Invalid value for argument `save_freq`. "
-                f"Received: save_freq={save_freq!r}. "
-                "Expected either 'epoch' or an integer value."
-            )
-        signals = tuple(preemption_signals) if preemption_signals is not None else (signal.SIGTERM,)
-        for s in signals:
-            if not isinstance(s, int) or s in (signal.SIGKILL, signal.SIGSTOP):
-                raise ValueError(
-                    "Invalid value for argument `preemption_signals`. "
-                    f"Received: {s!r}. Expected catchable signal numbers such as signal.SIGTERM."
-                )
+        check_save_freq(save_freq, allow_false=True)
+        signals = check_signals(preemption_signals)
         self.backup_dir = os.fspath(backup_dir)
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
@@ -131,23 +119,12 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.preemption_exit_code = preemption_exit_code
         self.preempted: int | None = None
         self._lock = atomic.DirLock(self.backup_dir)
-        self._reset_run_state()
-
-    def _reset_run_state(self) -> None:
-        self._epoch = 0
-        self._batch = 0
-        self._since_save = 0
-        self._boundary_pending = False
-        self._epoch_rng: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
-        self._resume: layout.Checkpoint | None = None
-        self._skip = None
-        self._old_handlers: dict[int, Any] = {}
-        self._signal: int | None = None
+        self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._reset_run_state()
+        self._reset_position()
         self.preempted = None
         model = self._model
         if not model.built:
@@ -162,67 +139,18 @@ class BackupAndRestore(keras.callbacks.Callback):
         if ckpt is not None:
             self._load(ckpt)
         else:
-            ki.set_initial_epoch(model, None)
+            self._start_fresh()
         self._install_handlers()
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._boundary_pending:
-            self._commit(epoch, 0, rng.capture_host_rng())
-        resume, self._resume = self._resume, None
-        batch = 0
-        if resume is not None and resume.doc["position"]["epoch"] == epoch:
-            # Re-create the interrupted epoch: same RNG, so the same order.
-            rng.restore_host_rng(resume.doc["rng"], resume.arrays)
-            batch = resume.doc["position"]["batch"]
-            if batch:
-                training_state.restore_metrics(self._model, resume.arrays)
-                self._skip = skip_batches(
-                    batch, lambda: training_state.restore_rng_now(resume.doc, resume.arrays)
-                )
-        self._epoch, self._batch = epoch, batch
-        self._epoch_rng = rng.capture_host_rng()
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batch = batch + 1
-        steps = self.params.get("steps") if self.params else None
-        last = steps is not None and self._batch >= steps
-        if self._signal is not None:
-            self.preempted = self._signal
-            self._model.stop_training = True
-            if last:
-                self._boundary_pending = True  # committed in on_train_end
-            else:
-                self._commit(self._epoch, self._batch, self._epoch_rng)
-            return
-        if self.save_freq == "epoch" or self.save_freq is False:
-            return
-        self._since_save += 1
-        if self._since_save >= self.save_freq:
-            self._since_save = 0
-            if last:
-                # Wait until every callback has finished this epoch.
-                self._boundary_pending = True
-            else:
-                self._commit(self._epoch, self._batch, self._epoch_rng)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.save_freq == "epoch" and self.preempted is None:
-            self._boundary_pending = True
+    # on_epoch_begin, on_train_batch_end, on_epoch_end: ResumeMixin.
 
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
-            if self._skip is not None:
-                self._skip.uninstall()
-            if self._boundary_pending and (self.preempted is not None or not self.delete_checkpoint):
-                self._commit(self._epoch + 1, 0, rng.capture_host_rng())
-            self._boundary_pending = False
+            self._end_position(commit_boundary=self.preempted is not None or not self.delete_checkpoint)
         finally:
             self._restore_handlers()
             self._lock.release()
-        if self.preempted is not None:
-            if self.exit_on_preemption:
-                sys.stdout.flush()
-                raise SystemExit(self.preemption_exit_code)
+        if self._exit_if_preempted():
             return
         if self.delete_checkpoint and os.path.exists(self.backup_dir):
             import shutil
@@ -274,9 +202,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(ckpt.weights_path)  # also hands over callback states
-        training_state.apply_after_load(model, ckpt.doc, ckpt.arrays, apply_callbacks=False)
-        ki.set_initial_epoch(model, ckpt.doc["position"]["epoch"])
-        self._resume = ckpt
+        self._resume_from(ckpt.doc, ckpt.arrays, apply_callbacks=False)
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
@@ -291,39 +217,3 @@ class BackupAndRestore(keras.callbacks.Callback):
         finally:
             tracker.extra = None
         layout.prune(self.backup_dir, keep=2 if self.double_checkpoint else 1)
-
-    # -- preemption -----------------------------------------------------------
-
-    def _install_handlers(self) -> None:
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for s in self.preemption_signals:
-            self._old_handlers[s] = signal.signal(s, self._on_signal)
-
-    def _restore_handlers(self) -> None:
-        for s, old in self._old_handlers.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
-        self._old_handlers = {}
-
-    def _in_fit(self) -> bool:
-        frame = sys._getframe()
-        while frame is not None:
-            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is self._model:
-                return True
-            frame = frame.f_back
-        return False
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if not self._in_fit():
-            # fit ended by an exception and left us installed: step aside.
-            old = self._old_handlers.get(signum, signal.SIG_DFL)
-            self._restore_handlers()
-            if callable(old):
-                old(signum, frame)
-            else:
-                signal.signal(signum, old if old is not None else signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-            return
-        self._signal = signum
