@@ -177,3 +177,26 @@ def test_state_is_json_and_nonfinite_best_round_trips():
     cb.set_state({**cb.get_state(), "best": "inf", "wait": 3})
     doc = json.loads(json.dumps(cb.get_state(), allow_nan=False))
     assert doc["best"] == "inf" and cb.best == float("inf") and doc["wait"] == 3
+
+
+def test_same_instance_restored_after_an_exception_into_a_fresh_optimizer(tmp_path, reference):
+    """The callback object that saw the interrupted fit is restored and reused
+    with a reloaded model whose optimizer was compiled afresh: the rate comes
+    from the state."""
+    from tests.monitor_helpers import InterruptAt, Interrupted
+
+    ref_logs, ref_model = reference
+    (cb,) = ours()
+    model = make_model()
+    mc = keras.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch:02d}.keras"))
+    with pytest.raises(Interrupted):
+        model.fit(X, Y, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=False, callbacks=[cb, mc, InterruptAt(9)],
+                  verbose=0)
+    before = model.history.history["learning_rate"]
+    model = keras.models.load_model(tmp_path / "e09.keras")
+    model.compile(keras.optimizers.SGD(0.2), loss="mse")
+    assert rs.restore(tmp_path / "e09.keras", cb) == 9
+    h = model.fit(X, Y, epochs=EPOCHS, initial_epoch=9, batch_size=BATCH_SIZE, shuffle=False, callbacks=[cb],
+                  verbose=0)
+    assert before + h.history["learning_rate"] == ref_logs["learning_rate"]
+    assert_same_weights(model, ref_model)

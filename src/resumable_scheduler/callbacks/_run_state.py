@@ -57,6 +57,8 @@ class RunStateMixin:
     # -- lifecycle ----------------------------------------------------------------
 
     def _attach(self, model: Any) -> None:
+        """Called from `set_model`, at the start of every fit."""
+        self._in_fit = False  # a fit that ended by an exception left it set
         tracker_for(model).register(self)
 
     def _mark_restored(self) -> None:

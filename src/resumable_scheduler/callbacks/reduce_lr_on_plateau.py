@@ -99,8 +99,10 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
         )
         self._init_run_state()
         self.best = None
-        self._rates: tuple[float, ...] = ()  # rates of a state not yet applied
-        self._pending_rates = False
+        # Rates of a restored state, until the fit that starts from it begins
+        # its first epoch, and the optimizer they were last applied to.
+        self._rates: tuple[float, ...] = ()
+        self._rates_applied_to: Any = None
 
     # -- the resumable protocol -------------------------------------------------
 
@@ -110,7 +112,7 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
         model = self._sync()
         rates = self._rates
         opt = getattr(model, "optimizer", None)
-        if opt is not None and not self._pending_rates:
+        if opt is not None and (not rates or self._rates_applied_to is opt):
             rates = tuple(lr_access.get_rate(o) for o in lr_access.optimizers_of(opt))
         return PlateauState(
             epoch=self._epoch,
@@ -137,15 +139,16 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
         self.best = new.best
         self.cooldown_counter = new.cooldown_counter
         self._rates = new.learning_rates
-        self._pending_rates = bool(new.learning_rates)
+        self._rates_applied_to = None
         self._mark_restored()
-        if self._in_fit:
+        if self._in_fit:  # e.g. a backup loaded in on_train_begin
             self._apply_rates()
 
     def _apply_rates(self) -> None:
-        if not self._pending_rates or self._model is None:
+        opt = getattr(self._model, "optimizer", None)
+        if not self._rates or opt is None or self._rates_applied_to is opt:
             return
-        opts = lr_access.optimizers_of(self._model.optimizer)
+        opts = lr_access.optimizers_of(opt)
         if len(opts) != len(self._rates):
             warnings.warn(
                 f"ReduceLROnPlateau: the restored state has {len(self._rates)} "
@@ -155,9 +158,9 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
                 stacklevel=3,
             )
         else:
-            for opt, rate in zip(opts, self._rates):
-                lr_access.set_rate(opt, rate)
-        self._pending_rates = False
+            for o, rate in zip(opts, self._rates):
+                lr_access.set_rate(o, rate)
+        self._rates_applied_to = opt
 
     # -- Keras hooks ----------------------------------------------------------
 
@@ -174,6 +177,8 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
         self._apply_rates()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self._first_epoch:
+            self._rates = ()  # applied in on_train_begin (or at set_state): consumed
         self._begin_epoch(epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
