@@ -32,6 +32,11 @@ class Resumable(Protocol):
     `state_key` names the state inside a checkpoint (unique per model);
     `get_state()` returns a JSON-safe dict; `set_state(dict)` validates and
     adopts one (raising `ValueError` on bad input, changing nothing).
+
+    Optionally, state too large for JSON (such as `rs.EarlyStopping`'s best
+    weights) goes through `get_arrays() -> dict[str, np.ndarray]` and
+    `set_arrays(dict)`, called after `set_state`; checkpoints written by
+    Keras's saving carry those arrays beside the JSON state.
     """
 
     state_key: str
