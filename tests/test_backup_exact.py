@@ -66,3 +66,16 @@ def test_dropout_masks_resume_exactly(tmp_path):
     ref = run_uninterrupted(dropout=True)
     got = interrupted_run(tmp_path, (8, 2), 1, True, dropout=True)
     assert_same(got, ref)
+
+
+def test_a_resume_that_fails_does_not_skip_batches_of_a_later_fit(tmp_path):
+    d = os.fspath(tmp_path / "backup")
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, [rs.BackupAndRestore(d, save_freq=1), InterruptAt(6, 3)])
+    # The resume arranges to skip 3 batches, then fails before the epoch starts.
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(), [rs.BackupAndRestore(d, save_freq=1), InterruptAt(6, 0)])
+    log = BatchLog()
+    fit(model, [log], epochs=1)  # an unrelated fit (of a built model) trains every batch
+    assert log.rows == [(0, b) for b in range(5)]

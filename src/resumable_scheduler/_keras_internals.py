@@ -102,3 +102,20 @@ def model_config_json(model: Any) -> str:
 def model_assets(model: Any) -> Any:
     """The model's assets as stock `OrbaxCheckpoint` saves them, or None."""
     return saving_lib._save_assets_to_dict(model)
+
+
+def in_fit_of(model: Any) -> bool:
+    """True when called (directly or not) from `model.fit`.
+
+    Keras runs callbacks and the epoch iterator inside the frame of the
+    model's `fit` method; a hook left installed by a `fit` that raised must
+    not act on a later, unrelated one.
+    """
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return True
+        frame = frame.f_back
+    return False

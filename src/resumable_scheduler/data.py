@@ -22,15 +22,21 @@ from typing import Any, Callable
 from resumable_scheduler import _keras_internals as ki
 
 
+_ACTIVE: "_SkipPatch | None" = None
+
+
 class _SkipPatch:
     """One-shot patch of `EpochIterator._enumerate_iterator` (class level).
 
-    Only the first epoch iterator enumerated after `install` is affected;
-    the patch removes itself on first use.
+    Only the first epoch iterator enumerated after `install`, inside `fit` of
+    `model`, is affected; the patch removes itself on first use. A patch left
+    behind by a `fit` that raised before its epoch started is dropped by the
+    next `install`, and never acts outside its own model's `fit`.
     """
 
     def __init__(self, steps: int, on_unsupported: Callable[[Any], None],
-                 after_skip: Callable[[], None] | None = None) -> None:
+                 after_skip: Callable[[], None] | None = None, model: Any = None) -> None:
+        self.model = model
         self.steps = steps
         self.after_skip = after_skip
         self.on_unsupported = on_unsupported
@@ -39,11 +45,18 @@ class _SkipPatch:
         self.active = False
 
     def install(self) -> None:
+        global _ACTIVE
+        if _ACTIVE is not None:
+            _ACTIVE.uninstall()
+        _ACTIVE = self
         patch = self
 
         def _enumerate_iterator(it: Any):
             patch.uninstall()
             inner = patch.original(it)
+            if patch.model is not None and not ki.in_fit_of(patch.model):
+                yield from inner  # a stale patch: not this model's fit
+                return
             if not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
                 patch.on_unsupported(it.data_adapter)
                 yield from inner
@@ -63,16 +76,22 @@ class _SkipPatch:
         self.active = True
 
     def uninstall(self) -> None:
+        global _ACTIVE
         if self.active:
             self.cls._enumerate_iterator = self.original
             self.active = False
+        if _ACTIVE is self:
+            _ACTIVE = None
 
 
-def skip_batches(steps: int, after_skip: Callable[[], None] | None = None) -> _SkipPatch:
+def skip_batches(
+    steps: int, after_skip: Callable[[], None] | None = None, model: Any = None
+) -> _SkipPatch:
     """Makes the next training epoch start at batch `steps` (see module doc).
 
     `after_skip` runs once the skipped batches are consumed, right before the
     first batch is trained (to put back RNG state that training consumes).
+    With `model`, only an epoch of that model's `fit` is affected.
     """
 
     def warn(adapter: Any) -> None:
@@ -86,6 +105,6 @@ def skip_batches(steps: int, after_skip: Callable[[], None] | None = None) -> _S
             stacklevel=2,
         )
 
-    patch = _SkipPatch(steps, warn, after_skip)
+    patch = _SkipPatch(steps, warn, after_skip, model)
     patch.install()
     return patch

@@ -142,7 +142,9 @@ class ResumeMixin:
             if batch:
                 training_state.restore_metrics(self._model, arrays)
                 self._skip = skip_batches(
-                    batch, lambda: training_state.restore_rng_now(doc, arrays)
+                    batch,
+                    model=self._model,
+                    after_skip=lambda: training_state.restore_rng_now(doc, arrays)
                 )
         self._epoch, self._batch = epoch, batch
         self._epoch_rng = rng.capture_host_rng()
@@ -206,16 +208,8 @@ class ResumeMixin:
             raise SystemExit(self.preemption_exit_code)
         return True
 
-    def _in_fit(self) -> bool:
-        frame = sys._getframe()
-        while frame is not None:
-            if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is self._model:
-                return True
-            frame = frame.f_back
-        return False
-
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if not self._in_fit():
+        if not ki.in_fit_of(self._model):
             # fit ended by an exception and left us installed: step aside.
             old = self._old_handlers.get(signum, signal.SIG_DFL)
             self._restore_handlers()
