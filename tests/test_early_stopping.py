@@ -10,11 +10,15 @@ import pytest
 import resumable_scheduler as rs
 from tests.monitor_helpers import BATCH_SIZE, EPOCHS, MECHANISMS, X, Y, assert_same_weights, make_model, run
 
-# Improves (by more than min_delta) until epoch 5, stops at epoch 8; shuffled
-# (rs.BackupAndRestore restores the RNG), best at epoch 3, stops at epoch 6.
+# Improves (by more than min_delta) for a few epochs, then stops well before
+# EPOCHS (on JAX: best epoch 5, stop at 8; shuffled, 3 and 6). Interruptions
+# are placed relative to the reference's best and stop epochs.
 ES = dict(monitor="loss", patience=3, min_delta=2e-3, restore_best_weights=True)
-BEST_EPOCH, STOP_EPOCH = 5, 8
-CASES = [(m, at) for m in MECHANISMS for at in ((2, 4, 5, 6) if m == "rs_backup" else (2, 5, 6, 8))]
+POSITIONS = ["early", "at_best", "after_best", "at_stop"]
+
+
+def position(name, cb):
+    return {"early": 2, "at_best": cb.best_epoch, "after_best": cb.best_epoch + 1, "at_stop": cb.stopped_epoch}[name]
 
 
 def ours(**kw):
@@ -46,8 +50,8 @@ def shuffled_reference():
 
 def test_reference_stops_early_and_restores_older_weights(reference):
     logs, model, cb = reference
-    assert len(logs["loss"]) == STOP_EPOCH + 1 < EPOCHS
-    assert (cb.best_epoch, cb.stopped_epoch) == (BEST_EPOCH, STOP_EPOCH)
+    assert 2 < cb.best_epoch < cb.stopped_epoch - 1
+    assert len(logs["loss"]) == cb.stopped_epoch + 1 < EPOCHS
     last = LastWeights()
     model2 = make_model()
     _fit(model2, ours() + [last])
@@ -60,11 +64,13 @@ def test_reference_stops_early_and_restores_older_weights(reference):
     assert_same_weights(stock_model, model)
 
 
-@pytest.mark.parametrize("mechanism, at", CASES)
-def test_resumed_run_stops_at_same_epoch_with_same_weights(tmp_path, reference, shuffled_reference, mechanism, at):
-    logs, model, (cb,) = run(ours, tmp_path, mechanism, at)
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize("where", POSITIONS)
+def test_resumed_run_stops_at_same_epoch_with_same_weights(tmp_path, reference, shuffled_reference, mechanism, where):
     ref_logs, ref_model, ref_cb = shuffled_reference if mechanism == "rs_backup" else reference
-    assert ref_cb.best_epoch < ref_cb.stopped_epoch and at <= ref_cb.stopped_epoch
+    at = position(where, ref_cb)
+    assert 0 < at <= ref_cb.stopped_epoch
+    logs, model, (cb,) = run(ours, tmp_path, mechanism, at)
     assert logs["loss"] == ref_logs["loss"]  # same epochs, so the same stop epoch
     assert (cb.best_epoch, cb.stopped_epoch) == (ref_cb.best_epoch, ref_cb.stopped_epoch)
     assert_same_weights(model, ref_model)
@@ -73,8 +79,9 @@ def test_resumed_run_stops_at_same_epoch_with_same_weights(tmp_path, reference, 
 def test_stock_restores_wrong_weights_after_resume(tmp_path, reference):
     """Stock EarlyStopping forgets best and its weights at a resume (here after
     the best epoch): it ends on other weights, and later."""
-    ref_logs, ref_model, _ = reference
-    logs, model, _ = run(lambda: [keras.callbacks.EarlyStopping(**ES)], tmp_path, "stock_backup", 6)
+    ref_logs, ref_model, ref_cb = reference
+    at = ref_cb.best_epoch + 1
+    logs, model, _ = run(lambda: [keras.callbacks.EarlyStopping(**ES)], tmp_path, "stock_backup", at)
     assert len(logs["loss"]) > len(ref_logs["loss"])
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), ref_model.get_weights()))
 
@@ -100,22 +107,23 @@ def test_resume_with_no_epoch_left_still_restores_best_weights(tmp_path):
 def test_continued_fit_in_same_process_persists(reference):
     """fit(epochs=7) then fit(initial_epoch=7): one run, as if never split.
     (Without restore_best_weights: each fit ends by restoring them.)"""
-    ref_logs = reference[0]
+    ref_logs, _, ref_cb = reference
+    split = ref_cb.best_epoch + 2
     ref_model = make_model()
     _fit(ref_model, ours(restore_best_weights=False))
     model, (cb,) = make_model(), ours(restore_best_weights=False)
-    h1 = _fit(model, [cb], epochs=BEST_EPOCH + 2)
-    h2 = _fit(model, [cb], initial_epoch=BEST_EPOCH + 2)
+    h1 = _fit(model, [cb], epochs=split)
+    h2 = _fit(model, [cb], initial_epoch=split)
     assert h1.history["loss"] + h2.history["loss"] == ref_logs["loss"]
-    assert (cb.best_epoch, cb.stopped_epoch) == (BEST_EPOCH, STOP_EPOCH)
+    assert (cb.best_epoch, cb.stopped_epoch) == (ref_cb.best_epoch, ref_cb.stopped_epoch)
     assert_same_weights(model, ref_model)
 
 
 def test_new_run_from_epoch_zero_resets_and_stopped_epoch_is_per_fit(reference):
-    ref_logs, ref_model, _ = reference
+    ref_logs, ref_model, ref_cb = reference
     (cb,) = ours()
     _fit(make_model(), [cb])
-    assert cb.stopped_epoch == STOP_EPOCH
+    assert cb.stopped_epoch == ref_cb.stopped_epoch > 0
     cb.patience = 100  # a second fit that does not stop
     _fit(make_model(), [cb], epochs=2)
     assert cb.stopped_epoch == 0 and cb.best_epoch == 1  # started over
@@ -126,17 +134,18 @@ def test_new_run_from_epoch_zero_resets_and_stopped_epoch_is_per_fit(reference):
     assert_same_weights(model, ref_model)
 
 
-def test_lost_best_weights_warn_and_keep_final_weights():
+def test_lost_best_weights_warn_and_keep_final_weights(reference):
+    best = reference[2].best_epoch
     (cb,) = ours()
-    _fit(make_model(), [cb], epochs=BEST_EPOCH + 2)
+    _fit(make_model(), [cb], epochs=best + 2)
     saved = cb.get_state()
-    assert saved["best_weights"] == 2 and saved["best_epoch"] == BEST_EPOCH
+    assert saved["best_weights"] == 2 and saved["best_epoch"] == best
     (cb2,) = ours()
     cb2.set_state(saved)  # no set_arrays: the arrays did not come along
     model, last = make_model(), LastWeights()
-    with pytest.warns(UserWarning, match=r"counts 2 best-weight arrays \(epoch 6\) but they were not restored"):
-        _fit(model, [cb2, last], initial_epoch=BEST_EPOCH + 2)
-    assert cb2.best_epoch == BEST_EPOCH  # not overwritten by the first epoch after the resume
+    with pytest.warns(UserWarning, match=rf"counts 2 best-weight arrays \(epoch {best + 1}\) but they were not restored"):
+        _fit(model, [cb2, last], initial_epoch=best + 2)
+    assert cb2.best_epoch == best  # not overwritten by the first epoch after the resume
     assert_same_weights(model, _Weights(last.weights))
 
 

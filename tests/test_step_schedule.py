@@ -147,7 +147,8 @@ def test_traced_once_and_the_base_set_each_epoch_takes_effect():
     rates = StepRates()
     lrs = rs.LearningRateScheduler(lambda epoch, lr: 0.1 * 0.5**epoch)
     model.fit(mh.X, mh.Y, epochs=4, batch_size=16, callbacks=[lrs, rates], verbose=0)
-    assert len(TRACED) == 1  # one compiled step for 4 epochs of changing base rates
+    if keras.backend.backend() == "jax":
+        assert len(TRACED) == 1  # one compiled step for 4 epochs of changing base rates
     assert sorted(rates.rates) == list(range(16))
     for k, got in rates.rates.items():
         assert got == pytest.approx(0.1 * 0.5 ** (k // 4) / math.sqrt(k + 1), rel=1e-6)

@@ -45,7 +45,10 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
     starting at epoch 0 without a restore is a new run and resets it, as
     Keras does. `stopped_epoch` describes one `fit` and resets at every
     `fit`. A `fit` with no epoch left to run (resumed after the last
-    epoch) still restores the best weights at its end.
+    epoch) still restores the best weights at its end. A checkpoint written
+    after this callback stopped the run belongs to a finished run: Keras
+    cannot end a `fit` before its first batch, so resuming from it trains
+    on, as with the stock callback.
 
     Place it before `keras.callbacks.ModelCheckpoint` or stock
     `BackupAndRestore` in `callbacks`; it warns otherwise.
