@@ -33,6 +33,7 @@ PINNED = {
     "resumable_adapter_classes": "test_resumable_adapter_classes_are_what_fit_uses",
     "model_config_json": "test_model_config_and_assets_are_what_stock_orbax_saves",
     "model_assets": "test_model_config_and_assets_are_what_stock_orbax_saves",
+    "in_fit_of": "test_callbacks_and_the_epoch_iterator_run_inside_fit",
 }
 
 
@@ -232,3 +233,21 @@ def test_model_config_and_assets_are_what_stock_orbax_saves():
         rebuilt = saving_lib._model_from_config(config, custom_objects=None, compile=False, safe_mode=True)
         assert [tuple(w.shape) for w in rebuilt.weights] == [(3, 2), (2,)]
         assert ki.model_assets(model) is None
+
+
+def test_callbacks_and_the_epoch_iterator_run_inside_fit():
+    model = tiny_model()
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen["epoch_begin"] = ki.in_fit_of(self._model)
+            seen["other_model"] = ki.in_fit_of(tiny_model())
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["batch_end"] = ki.in_fit_of(self._model)
+
+    with internal("callbacks run inside the frame of Model.fit (self=model)"):
+        model.fit(np.zeros((4, 20)), np.zeros((4, 10)), epochs=1, verbose=0, callbacks=[Probe()])
+        assert seen == {"epoch_begin": True, "other_model": False, "batch_end": True}
+    assert not ki.in_fit_of(model)
