@@ -11,6 +11,8 @@ Prints, in one run:
    (ours first in even repeats, stock first in odd ones) and the headline is
    the median of the per-repeat ratios (the ratio of the two medians is
    printed beside it). Goal: <= 1.02.
+   Beside it, the cost of each callback's own hooks, driven outside `fit`
+   (fastest of 7 runs), which a busy machine disturbs much less.
 2. The bytes the state adds to a checkpoint: the size of `.weights.h5` and
    `.keras` files of the same model trained with our callback, minus the
    same with the stock one (15 epochs: the documented example; and after
@@ -87,6 +89,41 @@ def bench_ratio(epochs: int, repeats: int, batches: int, batch_size: int) -> dic
     return {"times": times, "median": med, "ratio": med["rs"] / med["stock"], "paired": paired}
 
 
+def hook_cost(epochs: int, batches: int, repeats: int = 7) -> dict:
+    """Microseconds per epoch spent in each callback's own hooks.
+
+    Drives the hooks `fit` calls (train begin; per epoch: epoch begin, the
+    batch hooks, epoch end) on a compiled model, outside `fit`, and keeps the
+    fastest of `repeats` runs: a load-robust measure of the overhead alone.
+    """
+    model = build()
+    x, y = data(batches * 8)
+    model.fit(x, y, epochs=1, verbose=0)
+    params = {"epochs": epochs, "steps": batches, "verbose": 0}
+    make = {
+        "rs": lambda: rs.LearningRateScheduler(schedule),
+        "stock": lambda: keras.callbacks.LearningRateScheduler(schedule),
+    }
+    best = {"rs": math.inf, "stock": math.inf}
+    for _ in range(repeats):
+        for name in ("rs", "stock"):
+            cb = make[name]()
+            cb.set_model(model)
+            cb.set_params(params)
+            model.optimizer.learning_rate = 0.01
+            t0 = time.perf_counter()
+            cb.on_train_begin({})
+            for epoch in range(epochs):
+                cb.on_epoch_begin(epoch, {})
+                for batch in range(batches):
+                    cb.on_train_batch_begin(batch, {})
+                    cb.on_train_batch_end(batch, {})
+                cb.on_epoch_end(epoch, {})
+            cb.on_train_end({})
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {k: 1e6 * v / epochs for k, v in best.items()}
+
+
 def checkpoint_bytes(epochs: int) -> dict:
     x, y = data(5)
     sizes = {}
@@ -127,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     extra = 1e6 * (res["median"]["rs"] - res["median"]["stock"]) / args.epochs
     print(f"fit time ratio rs / stock: {ratio:.3f} (median of paired runs; ratio of medians "
           f"{res['ratio']:.3f}, {extra:+.0f} us per epoch)  goal <= 1.02: {'met' if ratio <= 1.02 else 'NOT met'}")
+
+    hooks = hook_cost(args.epochs, args.batches)
+    fit_epoch_us = 1e6 * min(res["times"]["stock"]) / args.epochs
+    implied = 1 + (hooks["rs"] - hooks["stock"]) / fit_epoch_us
+    print(f"callback hooks alone (fastest of 7): stock {hooks['stock']:.0f} us/epoch, rs {hooks['rs']:.0f} us/epoch "
+          f"({hooks['rs'] - hooks['stock']:+.0f}); against the fastest stock fit ({fit_epoch_us:.0f} us/epoch) "
+          f"that is a ratio of {implied:.3f}")
 
     print("bytes the state adds to a checkpoint (same model, ours minus stock):")
     for epochs in (15, args.epochs):
