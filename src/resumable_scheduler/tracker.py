@@ -119,8 +119,10 @@ class StateTracker(KerasSaveable):
         if epoch != self.epoch:
             self.epoch, self.batch = epoch, 0
 
-    def note_batch_end(self, batch: int) -> None:
-        self.batch = batch + 1
+    def note_batch_begin(self, batch: int, steps_per_execution: int = 1) -> None:
+        """Batch `batch` (and the rest of its execution) is being trained: a
+        checkpoint written at its end must count it as done."""
+        self.batch = batch + steps_per_execution
         if self.steps is not None and self.batch >= self.steps:
             self.epoch, self.batch = self.epoch + 1, 0
 

@@ -79,8 +79,6 @@ class LearningRateScheduler(keras.callbacks.Callback):
     """
 
     state_key = "LearningRateScheduler"
-    # Our batch hook only counts; it never reads logs, so async dispatch is safe.
-    async_safe = True
 
     def __init__(self, schedule: Schedule, verbose: int = 0) -> None:
         super().__init__()
@@ -221,10 +219,12 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self._state = self._state.begin_epoch(epoch, rates[0], tuple(rates) if multi else ())
         tracker.note_epoch_begin(epoch)
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # Runs per batch: count only. Never touch `self.model` here (on JAX it
-        # forces a device sync).
-        tracker_for(self._model).note_batch_end(batch)
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        # Runs per batch, so: count only, and never touch `self.model` (on JAX
+        # it forces a device sync). Batch *begin* is always dispatched in
+        # order on the main thread, while batch *end* hooks may run out of
+        # order in Keras's thread pool.
+        tracker_for(self._model).note_batch_begin(batch, getattr(self._model, "steps_per_execution", 1) or 1)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         tracker_for(self._model).note_epoch_end(epoch)
