@@ -58,7 +58,7 @@ class RunStateMixin:
 
     def _attach(self, model: Any) -> None:
         """Called from `set_model`, at the start of every fit."""
-        self._in_fit = False  # a fit that ended by an exception left it set
+        self._in_fit = self._in_epoch = False  # a fit that raised left them set
         tracker_for(model).register(self)
 
     def _mark_restored(self) -> None:
