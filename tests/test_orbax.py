@@ -216,6 +216,13 @@ def test_read_state_newest_and_named_step(orbax_run):
     assert len(mid["history"]) == 13
 
 
+def test_read_state_of_a_step_folder(orbax_run):
+    state = rs.read_state(os.path.join(orbax_run, "63"))
+    assert (state["epoch"], state["batch"], state["step"]) == (12, 3, 63)
+    with pytest.raises(ValueError, match="is the folder of step 63"):
+        rs.read_state(os.path.join(orbax_run, "63"), step=70)
+
+
 def test_missing_step_is_a_clear_error(orbax_run):
     with pytest.raises(ValueError, match=r"no complete checkpoint step 5 in .* Expected one of: 56, 63, 70"):
         rs.read_state(orbax_run, step=5)

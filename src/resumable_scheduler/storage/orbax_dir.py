@@ -61,10 +61,17 @@ def context() -> Any:
 
 
 def is_orbax_dir(path: str) -> bool:
-    """True if `path` holds Orbax step folders (complete or not)."""
-    return any(
+    """True if `path` holds Orbax step folders (complete or not), or is one."""
+    return is_step_dir(path) or any(
         (name.isdigit() or ".orbax-checkpoint-tmp" in name) and os.path.isdir(os.path.join(path, name))
         for name in os.listdir(path)
+    )
+
+
+def is_step_dir(path: str) -> bool:
+    """True if `path` is one complete step folder (such as `directory/120`)."""
+    return os.path.basename(os.path.normpath(path)).isdigit() and os.path.exists(
+        os.path.join(path, "_CHECKPOINT_METADATA")
     )
 
 
@@ -148,5 +155,13 @@ def read_envelope(path: str, step: int | None = None) -> tuple[dict[str, Any] | 
         ImportError: `orbax-checkpoint` is not installed.
     """
     path = os.fspath(path)
+    if is_step_dir(path):  # a step folder itself: `step` may only repeat its number
+        parent, name = os.path.split(os.path.normpath(path))
+        if step is not None and step != int(name):
+            raise ValueError(
+                f"Invalid value for argument `step`. Received: step={step!r}, but "
+                f"{path!r} is the folder of step {int(name)}."
+            )
+        return read_state_item(parent, int(name)), path
     s = resolve_step(path, step)
     return read_state_item(path, s), step_path(path, s)
