@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
 DEMO_COMMAND = 'pip install -e ".[test,plot]" && resumable-scheduler demo'
-TEST_COMMAND = 'pip install -e ".[test,plot]" && python -m pytest -q'
+TEST_COMMAND = 'pip install -e ".[test,plot,torch]" && python -m pytest -q'
 
 
 def readme():
@@ -27,7 +27,7 @@ def test_the_two_set_up_commands_are_there_and_match_ci():
     assert f"`{TEST_COMMAND}`" in section
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
-    assert 'python -m pip install -q -e ".[test,plot]"' in ci
+    assert 'python -m pip install -q -e ".[test,plot,torch]"' in ci
     assert ci.rstrip().endswith("python -m pytest -q")
 
 

@@ -1,0 +1,49 @@
+"""The suite's backend-independent tests, run again on the torch backend.
+
+Keras fixes its backend once per process, so this test runs pytest in a
+child process with KERAS_BACKEND=torch over the files that make sense on
+both backends: the documented example, exact resume (with torch's RNG and
+sampler), preemption, the kill soak, the resumable callbacks and per-step
+schedules. JAX-only files (Orbax, multi-process JAX, the JAX demo/CLI, the
+JAX-written fixtures' reference runs) are not repeated. Skipped where torch
+is not installed; `.ci/run` installs it, so CI always runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FILES = [
+    "test_scheduler.py",
+    "test_checkpoints.py",
+    "test_fixtures.py",
+    "test_backup_exact.py",
+    "test_backup_conditions.py",
+    "test_preemption.py",
+    "test_soak.py",
+    "test_plateau.py",
+    "test_early_stopping.py",
+    "test_step_schedule.py",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="this process is the torch run")
+def test_backend_independent_tests_pass_on_torch():
+    pytest.importorskip("torch", reason="install torch==2.13.0 to run the torch pass")
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+         *[os.path.join("tests", f) for f in FILES]],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+    )
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " passed" in summary and "failed" not in summary, summary
