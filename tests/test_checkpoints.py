@@ -97,8 +97,11 @@ def test_stock_backup_and_restore_exception_at_each_epoch(tmp_path, reference, e
 
 
 def test_sigkilled_child_resumes_with_stock_backup_and_restore(tmp_path):
-    result = demo.run_demo(seed=5, kills=2, workdir=str(tmp_path), out=None)
+    # Stock keras.callbacks.BackupAndRestore(save_freq="epoch"), no shuffling,
+    # the child SIGKILLed between epochs (it waits there for the parent).
+    result = demo.run_demo(seed=5, kills=2, workdir=str(tmp_path), out=None, backup="stock")
     assert len(result["killed_after"]) == 2
+    assert result["checkpoints"] == [(e, 0) for e in result["killed_after"]]
     assert result["runs"] == 3
     assert round(result["resumed"]["learning_rate"], 5) == 0.00607
     assert result["resumed"]["iterations"] == result["reference"]["iterations"] == 75

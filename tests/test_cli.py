@@ -129,13 +129,41 @@ def test_no_subcommand_is_a_usage_error(capsys):
 
 
 def test_demo_subcommand_passes(tmp_path, capsys):
-    code, out, err = run(["demo", "--kills", "1", "--seed", "3", "--workdir", str(tmp_path)], capsys)
+    # The default: 3 SIGKILLs at random batches of a child saving with
+    # rs.BackupAndRestore(save_freq=1), shuffled; seed 3 kills after batches
+    # 17, 31 and 70 of 75 (epoch 3 batch 2, epoch 6 batch 1, epoch 14 batch 0).
+    code, out, err = run(["demo", "--seed", "3", "--workdir", str(tmp_path)], capsys)
     assert code == 0, out + err
     lines = out.splitlines()
     assert "weights match bit for bit: True" in lines
     assert any(line.startswith("uninterrupted:       learning rate 0.00607, iterations 75") for line in lines)
-    assert any(line.startswith("killed and resumed:  learning rate 0.00607, iterations 75 (1 SIGKILL, 2 runs)") for line in lines)
-    assert any("SIGKILL after epoch" in line for line in lines)
+    assert any(line.startswith("killed and resumed:  learning rate 0.00607, iterations 75 (3 SIGKILL, 4 runs)") for line in lines)
+    assert any("rs.BackupAndRestore(save_freq=1)" in line for line in lines)
+    kills = [line for line in lines if line.startswith("[2/2] child run ") and ": killed at epoch " in line]
+    assert [k.split(": killed at ")[1].split(" + ")[0] for k in kills] == [
+        "epoch 3, batch 2", "epoch 6, batch 1", "epoch 14, batch 0"]
+    assert all("checkpoint at epoch " in k for k in kills)
+    assert lines[-1].startswith("OK in ")
+
+
+def test_demo_kills_at_random_batches_and_resumes_bit_for_bit(tmp_path):
+    result = demo.run_demo(seed=2, kills=3, workdir=str(tmp_path), out=None)
+    # Seed 2 kills after batches 8, 11 and 12: mid-epoch, not at epoch ends.
+    assert result["killed_after"] == [8, 11, 12]
+    assert result["killed_at"] == [(1, 3), (2, 1), (2, 2)]
+    assert result["runs"] == 4
+    for at, saved in zip(result["killed_at"], result["checkpoints"]):
+        # Each batch is committed before the child reports it (the last batch
+        # of an epoch at the start of the next one); the kill lands a few ms
+        # later, so the checkpoint is never behind what was reported.
+        assert saved is not None
+        n = demo.BATCHES_PER_EPOCH
+        assert saved[0] * n + saved[1] >= at[0] * n + at[1] - (at[1] == 0)
+    assert result["resumed"] == result["reference"]
+    assert round(result["resumed"]["learning_rate"], 5) == 0.00607
+    assert result["resumed"]["iterations"] == 75
+    assert result["weights_equal"] is True
+    assert result["ok"] is True
 
 
 def _env(**changes):
@@ -181,9 +209,13 @@ def test_table_and_plot_of_a_multi_optimizer_state(tmp_path):
 
 
 def test_demo_rejects_an_impossible_number_of_kills(capsys):
-    code, out, err = run(["demo", "--kills", "15"], capsys)
+    code, out, err = run(["demo", "--kills", "75"], capsys)
     assert code == 2
     assert err == (
         "resumable-scheduler demo: error: Invalid value for argument `kills`. "
-        "Received: kills=15. Expected an integer from 0 to 14.\n"
+        "Received: kills=75. Expected an integer from 0 to 74.\n"
     )
+    with pytest.raises(ValueError, match="Expected an integer from 0 to 14"):
+        demo.run_demo(kills=15, backup="stock", out=None)
+    with pytest.raises(ValueError, match="Invalid value for argument `backup`"):
+        demo.run_demo(backup="orbax", out=None)

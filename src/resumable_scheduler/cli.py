@@ -191,11 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train the documented example, SIGKILL it, resume, and compare",
         description="Trains the documented LearningRateScheduler example once "
-        "uninterrupted and once in a child process that is SIGKILLed and "
-        "resumed; exits 0 only if both end at lr 0.00607 with identical weights.",
+        "uninterrupted and once in a child process that saves with "
+        "rs.BackupAndRestore(save_freq=1), is SIGKILLed at random batches and "
+        "resumed; exits 0 only if both end at lr 0.00607 after the same "
+        "iterations with identical weights.",
     )
-    demo.add_argument("--kills", type=int, default=1, help="SIGKILLs before the child may finish (default 1)")
-    demo.add_argument("--seed", type=int, default=None, help="seed for choosing the kill epochs")
+    demo.add_argument("--kills", type=int, default=3, help="SIGKILLs before the child may finish (default 3, at most 74)")
+    demo.add_argument("--seed", type=int, default=None, help="seed for choosing where the kills land")
     demo.add_argument("--workdir", default=None, help="where the child keeps its backup (default: a temp dir)")
     demo.set_defaults(func=_demo)
 

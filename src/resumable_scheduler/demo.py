@@ -1,17 +1,32 @@
 """The kill-and-resume demo behind `resumable-scheduler demo`.
 
 It trains the documented example of `keras.callbacks.LearningRateScheduler`
-(a `Dense(10)` on 20 inputs, SGD at 0.01, 15 epochs, the rate kept for
-epochs 0-9 and then multiplied by `exp(-0.1)` each epoch, written with
-`keras.ops` so the schedule returns a JAX array) twice:
+(a `Dense(10)` on 20 inputs, SGD at 0.01, 15 epochs of 5 batches, the rate
+kept for epochs 0-9 and then multiplied by `exp(-0.1)` each epoch, written
+with `keras.ops` so the schedule returns a JAX array) twice:
 
-1. once, uninterrupted, in this process;
+1. once, uninterrupted, in this process, with no backup callback at all;
 2. once in a child process (`python -m resumable_scheduler.demo --child`)
-   that is killed with SIGKILL after a random epoch and started again, as
-   often as it takes to finish, resuming from its backup directory.
+   that backs up with `rs.BackupAndRestore(backup_dir, save_freq=1)` (a
+   checkpoint after every batch) and is killed with SIGKILL at random
+   batches, then started again, as often as it takes to finish. The child
+   prints `batch E B` after each batch and goes on without waiting; the
+   parent kills it after a random number of printed batches plus a random
+   few milliseconds, so the kill lands at a random instant: inside a batch,
+   between batches or inside a checkpoint write.
+
+Both runs shuffle the batches (`shuffle=True`, Keras's default):
+`rs.BackupAndRestore` saves the host RNGs with each checkpoint, so the
+resumed process draws the same batch orders as the uninterrupted one.
 
 Then it compares the final learning rates (both must print `0.00607`), the
-optimizer iterations and the final weights, bit for bit.
+optimizer iterations (75) and the final weights, bit for bit.
+
+`run_demo(backup="stock")` keeps the stock variant, which the tests use to
+document stock behaviour: stock `keras.callbacks.BackupAndRestore(
+save_freq="epoch")`, `shuffle=False` (stock checkpoints do not hold the
+NumPy RNG that `fit` shuffles with), and kills only between epochs (the
+child waits on stdin after each epoch, where the stock backup is whole).
 
 Two deliberate differences from the docs' example:
 
@@ -23,10 +38,6 @@ Two deliberate differences from the docs' example:
   after 3 epochs and every weight is NaN after 5, and NaN weights cannot be
   compared bit for bit in any meaningful way. The learning rate does not
   depend on the data, so it still ends at 0.006065...
-
-The batches are not shuffled: stock Keras checkpoints (and the stock
-`BackupAndRestore` used here) do not save the NumPy RNG that `fit` shuffles
-with, so a resumed process would draw other batch orders.
 
 Example:
 
@@ -57,15 +68,27 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import resumable_scheduler as rs  # noqa: E402
+from resumable_scheduler.storage.atomic import TMP_MARK  # noqa: E402
 
 EPOCHS = 15
 BATCH_SIZE = 1
+#: 5 samples, `batch_size=1`.
+BATCHES_PER_EPOCH = 5
+TOTAL_BATCHES = EPOCHS * BATCHES_PER_EPOCH
 #: The seed of `keras.utils.set_random_seed` in every run (weights init).
 TRAINING_SEED = 1337
 #: `round(final_lr, 5)` of the documented example: 0.01 * exp(-0.5).
 EXPECTED_LR = 0.00607
 WEIGHTS_FILE = "final_weights.npz"
 RESULT_FILE = "final.json"
+#: The backups the child can use: ours (the demo) or stock Keras's (tests).
+BACKUPS = ("rs", "stock")
+#: SIGKILLs per run of the demo, unless told otherwise.
+DEFAULT_KILLS = 3
+#: After the chosen `batch E B` line, the parent waits a random time in
+#: [0, KILL_JITTER_S) before the SIGKILL, so that it lands at any instant of
+#: the following batch (training it or committing its checkpoint).
+KILL_JITTER_S = 0.02
 
 
 def schedule(epoch: int, lr: float) -> Any:
@@ -91,40 +114,80 @@ def build_model(seed: int = TRAINING_SEED) -> keras.Model:
     return model
 
 
-def make_backup(backup_dir: str) -> keras.callbacks.Callback:
-    """The backup callback the killed child resumes from."""
+def _check_backup(backup: str) -> None:
+    if backup not in BACKUPS:
+        raise ValueError(
+            f"Invalid value for argument `backup`. Received: backup={backup!r}. "
+            f"Expected one of {BACKUPS}."
+        )
+
+
+def make_backup(backup_dir: str, backup: str = "rs") -> keras.callbacks.Callback:
+    """The backup callback the killed child resumes from.
+
+    `"rs"`: `rs.BackupAndRestore(backup_dir, save_freq=1)`, a checkpoint
+    after every batch. `"stock"`: `keras.callbacks.BackupAndRestore(
+    backup_dir, save_freq="epoch")`.
+    """
+    _check_backup(backup)
+    if backup == "rs":
+        return rs.BackupAndRestore(backup_dir, save_freq=1)
     return keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch")
 
 
-class _Progress(keras.callbacks.Callback):
-    """Prints `epoch N` (N epochs done) after the backup of epoch N is written,
-    then, with `wait=True`, blocks until the parent answers on stdin, so a
+class _EpochProgress(keras.callbacks.Callback):
+    """Stock child: prints `epoch N` (N epochs done) after the backup of
+    epoch N is written, then blocks until the parent answers on stdin, so a
     SIGKILL lands between epochs (where the stock backup is consistent)."""
-
-    def __init__(self, wait: bool) -> None:
-        super().__init__()
-        self.wait = wait
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         print(f"epoch {epoch + 1}", flush=True)
-        if self.wait:
-            sys.stdin.readline()
+        sys.stdin.readline()
+
+
+class _BatchProgress(keras.callbacks.Callback):
+    """Our child: prints `batch E B` after batch B of epoch E (both from 0)
+    and goes straight on; the parent kills it whenever it likes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        print(f"batch {self.epoch} {batch}", flush=True)
 
 
 def train(
     backup_dir: str | None,
     epochs: int = EPOCHS,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    shuffle: bool = False,
+    backup: str = "rs",
 ) -> keras.Model:
-    """Builds and trains the documented model, resuming from `backup_dir`."""
+    """Builds and trains the documented model, resuming from `backup_dir`.
+
+    Args:
+        backup_dir: str or None. Where `make_backup(backup_dir, backup)`
+            keeps its checkpoints; None trains with no backup callback.
+        epochs: int. Epochs to train.
+        callbacks: list, optional. More callbacks, after the backup and
+            `rs.LearningRateScheduler(schedule)`.
+        shuffle: bool. Passed to `fit`. False by default, the setting the
+            stock-checkpoint tests compare against; the demo's own runs use
+            True.
+        backup: `"rs"` or `"stock"`, see `make_backup`.
+    """
     model = build_model()
     x, y = data()
     cbs: list[keras.callbacks.Callback] = []
     if backup_dir is not None:
-        cbs.append(make_backup(backup_dir))
+        cbs.append(make_backup(backup_dir, backup))
     cbs.append(rs.LearningRateScheduler(schedule))
     cbs.extend(callbacks or [])
-    model.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, shuffle=False,
+    model.fit(x, y, epochs=epochs, batch_size=BATCH_SIZE, shuffle=shuffle,
               callbacks=cbs, verbose=0)
     return model
 
@@ -152,20 +215,25 @@ def load_result(workdir: str) -> tuple[dict[str, Any], list[np.ndarray]]:
     return result, weights
 
 
-def _child(workdir: str) -> int:
-    model = train(os.path.join(workdir, "backup"), callbacks=[_Progress(wait=True)])
+def _child(workdir: str, backup: str) -> int:
+    backup_dir = os.path.join(workdir, "backup")
+    if backup == "rs":
+        model = train(backup_dir, shuffle=True, backup="rs", callbacks=[_BatchProgress()])
+    else:
+        model = train(backup_dir, shuffle=False, backup="stock", callbacks=[_EpochProgress()])
     save_result(model, workdir)
     print("done", flush=True)
     return 0
 
 
-def _start_child(workdir: str, log: Any) -> subprocess.Popen:
+def _start_child(workdir: str, backup: str, log: Any) -> subprocess.Popen:
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "jax")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return subprocess.Popen(
-        [sys.executable, "-m", "resumable_scheduler.demo", "--child", "--workdir", workdir],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-m", "resumable_scheduler.demo", "--child",
+         "--backup", backup, "--workdir", workdir],
+        stdin=subprocess.PIPE if backup == "stock" else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -173,28 +241,48 @@ def _start_child(workdir: str, log: Any) -> subprocess.Popen:
     )
 
 
-def _run_child(workdir: str, run: int, kill_after: int | None) -> tuple[bool, int]:
-    """Runs one child; SIGKILLs it once it reports `kill_after` epochs done.
+def _position(done: int) -> tuple[int, int]:
+    """(epoch, batches done in it) after `done` batches in all."""
+    return divmod(done, BATCHES_PER_EPOCH)
 
-    Returns `(killed, epochs reported done)`.
+
+def _run_child(
+    workdir: str, backup: str, run: int, kill_after: int | None, jitter: float
+) -> tuple[bool, int]:
+    """Runs one child; SIGKILLs it once it reports `kill_after` epochs
+    (stock) or batches in all (rs) done, `jitter` seconds later.
+
+    Returns `(killed, epochs or batches reported done)`.
     """
     log_path = os.path.join(workdir, f"child-{run}.log")
     with open(log_path, "w", encoding="utf-8") as log:
-        return _watch_child(_start_child(workdir, log), kill_after, log_path)
+        proc = _start_child(workdir, backup, log)
+        return _watch_child(proc, kill_after, jitter, log_path)
 
 
-def _watch_child(proc: subprocess.Popen, kill_after: int | None, log_path: str) -> tuple[bool, int]:
-    assert proc.stdin is not None and proc.stdout is not None
+def _watch_child(
+    proc: subprocess.Popen, kill_after: int | None, jitter: float, log_path: str
+) -> tuple[bool, int]:
+    assert proc.stdout is not None
     done = 0
     try:
         for line in proc.stdout:
-            line = line.strip()
-            if line.startswith("epoch "):
-                done = int(line.split()[1])
-                if kill_after is not None and done >= kill_after:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    return True, done
+            words = line.split()
+            if len(words) == 2 and words[0] == "epoch":  # stock: waits for us
+                done = int(words[1])
+            elif len(words) == 3 and words[0] == "batch":  # rs: does not wait
+                done = int(words[1]) * BATCHES_PER_EPOCH + int(words[2]) + 1
+            else:
+                continue
+            if kill_after is not None and done >= kill_after:
+                if jitter > 0:
+                    time.sleep(jitter)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                if proc.returncode == 0:  # it finished before the kill landed
+                    break
+                return True, done
+            if proc.stdin is not None:
                 proc.stdin.write("\n")
                 proc.stdin.flush()
         proc.wait()
@@ -209,67 +297,124 @@ def _watch_child(proc: subprocess.Popen, kill_after: int | None, log_path: str) 
     return False, done
 
 
+def _saved_position(backup_dir: str) -> tuple[int, int] | None:
+    """(epoch, batch) of the checkpoint the next run resumes from, if any."""
+    try:
+        saved = rs.read_state(backup_dir)
+    except (OSError, ValueError):
+        return None
+    return int(saved["epoch"]), int(saved.get("batch") or 0)
+
+
+def _inside_write(backup_dir: str) -> bool:
+    """Whether a kill left a half-written commit (a temporary) behind."""
+    try:
+        return any(TMP_MARK in name for name in os.listdir(backup_dir))
+    except OSError:
+        return False
+
+
 def run_demo(
     seed: int | None = None,
-    kills: int = 1,
+    kills: int = DEFAULT_KILLS,
     workdir: str | None = None,
     out: Callable[[str], None] | None = print,
+    backup: str = "rs",
 ) -> dict[str, Any]:
     """Runs the demo and returns what it found.
 
     Args:
-        seed: int, optional. Seeds the choice of the epochs after which the
-            child is killed (None: random). Training itself always uses
-            `TRAINING_SEED`.
+        seed: int, optional. Seeds where the child is killed (None: random).
+            Training itself always uses `TRAINING_SEED`.
         kills: int. How many times the child is SIGKILLed before it is
-            allowed to finish (at distinct epochs 1..14).
+            allowed to finish: after distinct random batches 1..74 of the 75
+            (`backup="rs"`), or after distinct epochs 1..14 (`"stock"`).
         workdir: str, optional. Where the child keeps its backup and results
             (default: a temporary directory, removed at the end).
         out: Callable, optional. Receives the progress lines (None: quiet).
+        backup: `"rs"` (the demo: `rs.BackupAndRestore(save_freq=1)`,
+            shuffled batches, kills at random instants) or `"stock"` (stock
+            `keras.callbacks.BackupAndRestore(save_freq="epoch")`, no
+            shuffling, kills between epochs).
 
     Returns:
         A dict with `reference` and `resumed` (each `learning_rate`,
-        `iterations`), `killed_after` (the epochs done at each kill),
-        `runs`, `weights_equal`, `ok` and `seconds`.
+        `iterations`), `killed_after` (at each kill, the batches in all
+        (`"rs"`) or the epochs (`"stock"`) the child had reported done),
+        `killed_at` and `checkpoints` (at each kill, the `(epoch, batch)`
+        the child had reported and the one its backup resumes from; None
+        when no checkpoint had been committed yet), `inside_write` (kills
+        that left a half-written checkpoint behind), `runs`,
+        `weights_equal`, `ok`, `seconds` and `workdir`.
     """
+    _check_backup(backup)
     say = out or (lambda _msg: None)
     t0 = time.perf_counter()
-    if kills < 0 or kills > EPOCHS - 1:
+    per_batch = backup == "rs"
+    units = TOTAL_BATCHES if per_batch else EPOCHS
+    if isinstance(kills, bool) or not isinstance(kills, int) or kills < 0 or kills > units - 1:
         raise ValueError(
             f"Invalid value for argument `kills`. Received: kills={kills}. "
-            f"Expected an integer from 0 to {EPOCHS - 1}."
+            f"Expected an integer from 0 to {units - 1}."
         )
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="rs-demo-") as tmp:
-            return run_demo(seed=seed, kills=kills, workdir=tmp, out=out)
+            return run_demo(seed=seed, kills=kills, workdir=tmp, out=out, backup=backup)
     os.makedirs(workdir, exist_ok=True)
+    backup_dir = os.path.join(workdir, "backup")
     rng = random.Random(seed)
-    kill_points = sorted(rng.sample(range(1, EPOCHS), kills))
+    kill_points = sorted(rng.sample(range(1, units), kills))
+    jitters = [rng.uniform(0, KILL_JITTER_S) if per_batch else 0.0 for _ in kill_points]
 
-    say(f"[1/2] Training the documented example uninterrupted ({EPOCHS} epochs, batch_size={BATCH_SIZE})...")
-    model = train(backup_dir=None)
+    say(f"[1/2] Training the documented example uninterrupted, no backup "
+        f"({EPOCHS} epochs x {BATCHES_PER_EPOCH} batches, batch_size={BATCH_SIZE}, "
+        f"shuffle={per_batch})...")
+    model = train(backup_dir=None, shuffle=per_batch)
     reference = summarize(model)
     ref_weights = model.get_weights()
     say(f"      learning rate {reference['learning_rate']:.5f}, iterations {reference['iterations']}")
 
-    say(f"[2/2] Training it in a child process, SIGKILLed after epoch(s) {kill_points}, "
-        f"resuming from {os.path.join(workdir, 'backup')}...")
+    if per_batch:
+        say(f"[2/2] Training it in a child process with rs.BackupAndRestore(save_freq=1), "
+            f"SIGKILLed {kills} time(s) at random batches (after batch(es) {kill_points} of "
+            f"{TOTAL_BATCHES}, +0-{KILL_JITTER_S * 1000:.0f} ms), resuming from {backup_dir}")
+        say("      positions are (epoch, batches done in it), from 0; each kill lands a few ms "
+            "after the child reports that position")
+    else:
+        say(f"[2/2] Training it in a child process with stock BackupAndRestore(save_freq=\"epoch\"), "
+            f"SIGKILLed after epoch(s) {kill_points}, resuming from {backup_dir}...")
     killed_after: list[int] = []
+    killed_at: list[tuple[int, int]] = []
+    checkpoints: list[tuple[int, int] | None] = []
+    inside_write = 0
     runs = 0
-    pending = list(kill_points)
+    pending = list(zip(kill_points, jitters))
     while True:
         runs += 1
-        target = pending[0] if pending else None
-        killed, done = _run_child(workdir, runs, target)
+        target, jitter = pending.pop(0) if pending else (None, 0.0)
+        killed, done = _run_child(workdir, backup, runs, target, jitter)
         if not killed:
-            say(f"      run {runs}: finished all {done} epochs")
+            what = f"all {TOTAL_BATCHES} batches" if per_batch else f"all {done} epochs"
+            if target is not None:
+                what += " (it finished before the kill landed)"
+            say(f"[2/2] child run {runs}: finished {what}")
             break
         killed_after.append(done)
-        pending = [k for k in pending if k > done]
-        saved = rs.read_state(os.path.join(workdir, "backup"))
-        say(f"      run {runs}: SIGKILL after epoch {done}; the backup resumes at epoch "
-            f"{saved['epoch']}, learning rate {saved['learning_rate']:.6g}")
-        if runs > EPOCHS + 2:
+        saved = _saved_position(backup_dir)
+        checkpoints.append(saved)
+        if per_batch:
+            at = _position(done)
+            killed_at.append(at)
+            inside = _inside_write(backup_dir)
+            inside_write += inside
+            where = "no checkpoint yet" if saved is None else f"checkpoint at epoch {saved[0]}, batch {saved[1]}"
+            say(f"[2/2] child run {runs}: killed at epoch {at[0]}, batch {at[1]} + {jitter * 1000:.0f} ms ({where}"
+                f"{'; inside a checkpoint write' if inside else ''})")
+        else:
+            killed_at.append((done, 0))
+            where = "no checkpoint yet" if saved is None else f"the backup resumes at epoch {saved[0]}"
+            say(f"[2/2] child run {runs}: killed after epoch {done} ({where})")
+        if runs > units + 2:
             raise RuntimeError("The demo's child made no progress across restarts.")
     resumed, weights = load_result(workdir)
 
@@ -294,6 +439,9 @@ def run_demo(
         "reference": reference,
         "resumed": resumed,
         "killed_after": killed_after,
+        "killed_at": killed_at,
+        "checkpoints": checkpoints,
+        "inside_write": inside_write,
         "runs": runs,
         "weights_equal": weights_equal,
         "ok": ok,
@@ -305,15 +453,17 @@ def run_demo(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resumable_scheduler.demo")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backup", choices=BACKUPS, default="rs")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--kills", type=int, default=1)
+    parser.add_argument("--kills", type=int, default=DEFAULT_KILLS)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     if args.child:
         if not args.workdir:
             parser.error("--child needs --workdir")
-        return _child(args.workdir)
-    return 0 if run_demo(seed=args.seed, kills=args.kills, workdir=args.workdir)["ok"] else 1
+        return _child(args.workdir, args.backup)
+    result = run_demo(seed=args.seed, kills=args.kills, workdir=args.workdir, backup=args.backup)
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":
