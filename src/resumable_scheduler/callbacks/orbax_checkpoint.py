@@ -63,7 +63,8 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     writes (every process must run the same `fit`); each process's host RNG
     is saved and restored separately. On SIGTERM (or any of
     `preemption_signals`) to any process, all processes agree, at the end of
-    the same batch, to save that step and stop; `fit` then raises
+    the same batch, to save that step and stop (agreeing costs one small
+    all-gather per batch, only when several processes run); `fit` then raises
     `SystemExit(preemption_exit_code)` (or returns, with `self.preempted` set,
     if `exit_on_preemption=False`).
 
