@@ -26,6 +26,7 @@ array (FINDINGS row 2).
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import platform
@@ -148,6 +149,17 @@ def checkpoint_bytes(epochs: int) -> dict:
     return {ext: (sizes[("stock", ext)], sizes[("rs", ext)]) for ext in ("weights.h5", "keras")}
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=300)
@@ -156,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 
+    load = ", load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
+    print(f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')} on {platform.node()}: "
+          f"{cpu_model()}, {os.cpu_count()} CPUs{load}")
     print(f"keras {keras.__version__} ({keras.backend.backend()}), Python {platform.python_version()}, "
-          f"{platform.machine()}, {os.cpu_count()} CPUs")
+          f"{platform.machine()}, resumable_scheduler from {os.path.dirname(rs.__file__)}")
     print(f"fit: {args.epochs} epochs x {args.batches} batches of {args.batch_size}, Dense(10) on 20 inputs, "
           f"{args.repeats} interleaved repeats per variant")
     res = bench_ratio(args.epochs, args.repeats, args.batches, args.batch_size)

@@ -122,38 +122,29 @@ class ScheduleState:
         # Re-validating the whole history every epoch made each epoch O(epochs).
         epoch = check_int("epoch", epoch)
         rate = check_rate("learning_rate", rate)
-        rates = check_rates("optimizer_learning_rates", rates)
-        hist = list(self.history[:epoch])
-        while len(hist) < epoch:
-            hist.append(self.learning_rate)
-        hist.append(rate)
-        hists = []
-        for i, r in enumerate(rates):
-            old = self.optimizer_histories[i] if i < len(self.optimizer_histories) else ()
-            h = list(old[:epoch])
-            fill = self.optimizer_learning_rates[i] if i < len(self.optimizer_learning_rates) else r
-            while len(h) < epoch:
-                h.append(fill)
-            h.append(r)
-            hists.append(tuple(h))
-        batch = self.batch if epoch == self.epoch else 0
+        rates = () if type(rates) is tuple and not rates else check_rates("optimizer_learning_rates", rates)
+        olds, fills = self.optimizer_histories, self.optimizer_learning_rates
+        hists = tuple(
+            _cut_or_pad(olds[i] if i < len(olds) else (), epoch, fills[i] if i < len(fills) else r, r)
+            for i, r in enumerate(rates)
+        ) if rates else ()
         return _trusted_replace(
             self,
             epoch=epoch,
-            batch=batch,
+            batch=self.batch if epoch == self.epoch else 0,
             learning_rate=rate,
-            history=tuple(hist),
-            optimizer_learning_rates=tuple(rates),
-            optimizer_histories=tuple(hists),
+            history=_cut_or_pad(self.history, epoch, self.learning_rate, rate),
+            optimizer_learning_rates=rates,
+            optimizer_histories=hists,
         )
 
     def end_epoch(self, epoch: int, **changes: Any) -> "ScheduleState":
         """The state after every batch of `epoch` was trained."""
-        return dataclasses.replace(self, epoch=epoch + 1, batch=0, **changes)
+        return checked_replace(self, epoch=epoch + 1, batch=0, **changes)
 
     def with_position(self, epoch: int, batch: int, step: int) -> "ScheduleState":
         """The state at batch `batch` of `epoch`, global step `step`."""
-        return dataclasses.replace(self, epoch=epoch, batch=batch, step=step)
+        return checked_replace(self, epoch=epoch, batch=batch, step=step)
 
     def rate_for(self, epoch: int) -> float | None:
         """The rate already decided for `epoch`, or None."""
@@ -187,14 +178,70 @@ class ScheduleState:
         return cls(**_validate(data))
 
 
+def _cut_or_pad(hist: tuple[float, ...], epoch: int, fill: float, rate: float) -> tuple[float, ...]:
+    """`hist` cut, or padded with `fill`, to `epoch` entries, then `rate`."""
+    n = len(hist)
+    if n == epoch:  # the usual case: the next epoch
+        return hist + (rate,)
+    if n > epoch:
+        return hist[:epoch] + (rate,)
+    return hist + (fill,) * (epoch - n) + (rate,)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ScheduleState))
+
+
 def _trusted_replace(state: ScheduleState, **changes: Any) -> ScheduleState:
     """`dataclasses.replace` without re-validation, for transitions whose
     result is valid by construction (see `begin_epoch`)."""
+    unknown = [k for k in changes if k not in _FIELDS]
+    if unknown:
+        raise TypeError(f"Unknown ScheduleState fields: {sorted(unknown)}")
     new = object.__new__(type(state))
-    for f in dataclasses.fields(state):
-        object.__setattr__(new, f.name, changes.pop(f.name, getattr(state, f.name)))
-    if changes:
-        raise TypeError(f"Unknown ScheduleState fields: {sorted(changes)}")
+    new.__dict__.update(state.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+#: Fields `checked_replace` validates on their own; changing any other one
+#: (history, version, ...) takes the full validation.
+_FIELD_CHECKS = {
+    "epoch": check_int,
+    "batch": check_int,
+    "step": check_int,
+    "learning_rate": check_rate,
+    "initial_learning_rate": check_rate,
+    "optimizer_learning_rates": check_rates,
+}
+
+
+def checked_replace(state: ScheduleState, **changes: Any) -> ScheduleState:
+    """`dataclasses.replace(state, **changes)`: the same result, and the same
+    `ValueError` for an invalid one, without re-validating the whole history.
+
+    `state` is valid, so only the changed fields and the lengths that tie the
+    fields together can make the result invalid. Those are checked here (in
+    O(number of optimizers)); anything they reject, or a change of another
+    field, goes through `dataclasses.replace`, whose full validation raises
+    exactly as before.
+    """
+    values = dict(state.__dict__)
+    try:
+        for key, value in changes.items():
+            values[key] = _FIELD_CHECKS[key](key, value)
+    except Exception:  # noqa: BLE001 - the full path raises what it always raised
+        return dataclasses.replace(state, **changes)
+    n, epoch = len(values["history"]), values["epoch"]
+    hists = values["optimizer_histories"]
+    if (
+        len(hists) != len(values["optimizer_learning_rates"])
+        or not (n == epoch or n == epoch + 1)
+        or (values["batch"] > 0 and n != epoch + 1)
+        or any(len(h) != n for h in hists)
+    ):
+        return dataclasses.replace(state, **changes)
+    new = object.__new__(type(state))
+    new.__dict__.update(values)
     return new
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -11,12 +10,16 @@ from typing import Any
 import keras
 
 from resumable_scheduler._keras_internals import print_msg, sync_model_state
-from resumable_scheduler.lr_access import current_rate, get_rate, set_rate
+from resumable_scheduler.lr_access import current_rate, get_rate, read_scalar, set_rate
 from resumable_scheduler.protocol import to_python_float
-from resumable_scheduler.state import ScheduleState
+from resumable_scheduler.state import ScheduleState, checked_replace
 from resumable_scheduler.tracker import tracker_for
 
 Schedule = Callable[..., Any]
+
+
+def _where(epoch: int, opt_name: str | None) -> str:
+    return f"at epoch {epoch}" + (f" for optimizer {opt_name}" if opt_name else "")
 
 
 def _takes_lr(schedule: Schedule) -> bool:
@@ -41,6 +44,15 @@ def _takes_lr(schedule: Schedule) -> bool:
 def _read_rate(optimizer: Any) -> float:
     # The rate the schedule controls: a float rate, or an rs.StepSchedule's base.
     return get_rate(optimizer)
+
+
+def _has_learning_rate(optimizer: Any) -> bool:
+    # `hasattr(optimizer, "learning_rate")` without calling the property when
+    # the class defines it: for an optimizer built with a schedule, the
+    # property computes the schedule (hundreds of microseconds, every epoch).
+    return isinstance(getattr(type(optimizer), "learning_rate", None), property) or hasattr(
+        optimizer, "learning_rate"
+    )
 
 
 class LearningRateScheduler(keras.callbacks.Callback):
@@ -108,7 +120,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         opt = getattr(model, "optimizer", None)
         if opt is not None and not self._pending_apply:
             sync_model_state(model)
-            changes["step"] = int(keras.ops.convert_to_numpy(opt.iterations))
+            changes["step"] = int(read_scalar(opt.iterations))
             subs = list(getattr(opt, "optimizers", None) or [])
             if subs:
                 rates = tuple(_read_rate(o) for o in subs)
@@ -116,7 +128,9 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 changes["learning_rate"] = rates[0]
             else:
                 changes["learning_rate"] = _read_rate(opt)
-        return dataclasses.replace(base, **changes)
+        # Validates the live values (and their fit with the history) as
+        # `dataclasses.replace` does, in O(1) rather than O(epochs).
+        return checked_replace(base, **changes)
 
     def get_state(self) -> dict[str, Any]:
         """The state as a JSON-safe dict (see `ScheduleState.to_dict`)."""
@@ -143,10 +157,16 @@ class LearningRateScheduler(keras.callbacks.Callback):
         tracker.register(self)
 
     def _optimizers(self) -> list[Any]:
+        return self._optimizers_and_multi()[0]
+
+    def _optimizers_and_multi(self) -> tuple[list[Any], bool]:
+        """The optimizers to schedule, and whether the model's optimizer is
+        a multi-optimizer (has `optimizers`)."""
         opt = self._model.optimizer
-        if not hasattr(opt, "learning_rate") and not hasattr(opt, "optimizers"):
+        multi = hasattr(opt, "optimizers")
+        if not multi and not _has_learning_rate(opt):
             raise ValueError('Optimizer must have a "learning_rate" attribute.')
-        return list(opt.optimizers) if hasattr(opt, "optimizers") else [opt]
+        return (list(opt.optimizers) if multi else [opt]), multi
 
     def _apply_pending(self) -> None:
         if not self._pending_apply or self._state is None:
@@ -157,7 +177,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
             set_rate(opt, rate)
         # A freshly compiled optimizer restarts at step 0; the state knows better.
         top = self._model.optimizer
-        if int(keras.ops.convert_to_numpy(top.iterations)) != self._state.step:
+        if int(read_scalar(top.iterations)) != self._state.step:
             top.iterations.assign(self._state.step)
         self._pending_apply = False
 
@@ -178,35 +198,34 @@ class LearningRateScheduler(keras.callbacks.Callback):
 
     def _compute(self, epoch: int, lr: float, opt_name: str | None) -> float:
         raw = self.schedule(epoch, lr) if self._takes_lr else self.schedule(epoch)
-        where = f"at epoch {epoch}" + (f" for optimizer {opt_name}" if opt_name else "")
         try:
             value = to_python_float(raw, "x")
         except ValueError:
             raise ValueError(
-                f"The output of the `schedule` function {where} should be a real "
+                f"The output of the `schedule` function {_where(epoch, opt_name)} should be a real "
                 f"scalar (float, NumPy scalar, or 0-d array). Got: {raw!r} "
                 f"of type {type(raw).__name__}."
             ) from None
         if not math.isfinite(value) or value < 0:
             raise ValueError(
-                f"The output of the `schedule` function {where} should be a finite "
+                f"The output of the `schedule` function {_where(epoch, opt_name)} should be a finite "
                 f"learning rate >= 0. Got: {value!r}."
             )
         return value
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._apply_pending()
-        assert self._state is not None
-        tracker = tracker_for(self._model)
-        opts = self._optimizers()
-        multi = hasattr(self._model.optimizer, "optimizers")
-        decided = self._state.rate_for(epoch)
+        if self._pending_apply:
+            self._apply_pending()
+        state = self._state
+        assert state is not None
+        opts, multi = self._optimizers_and_multi()
+        decided = state.rate_for(epoch)
         rates: list[float] = []
         for idx, opt in enumerate(opts):
             if decided is not None:
                 # This epoch's rate was decided before an interruption.
-                if multi and idx < len(self._state.optimizer_histories):
-                    rate = self._state.optimizer_histories[idx][epoch]
+                if multi and idx < len(state.optimizer_histories):
+                    rate = state.optimizer_histories[idx][epoch]
                 else:
                     rate = decided
             else:
@@ -216,8 +235,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
             if self.verbose > 0:
                 target = f"{opt.name} learning rate" if multi else "learning rate"
                 print_msg(f"\nEpoch {epoch + 1}: LearningRateScheduler setting {target} to {rate}.")
-        self._state = self._state.begin_epoch(epoch, rates[0], tuple(rates) if multi else ())
-        tracker.note_epoch_begin(epoch)
+        self._state = state.begin_epoch(epoch, rates[0], tuple(rates) if multi else ())
+        tracker_for(self._model).note_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         # Runs per batch, so: count only, and never touch `self.model` (on JAX
