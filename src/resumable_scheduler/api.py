@@ -82,7 +82,7 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
         from resumable_scheduler.storage.arrays import read_arrays
 
         arrays = read_arrays(source)
-    # Validate everything before changing anything.
+    # Each set_state validates its own state and changes nothing if it is invalid.
     for cb in callbacks:
         if cb.state_key in states:
             cb.set_state(states[cb.state_key])

@@ -128,7 +128,3 @@ def to_python_float(value: Any, what: str) -> float:
     raise ValueError(
         f"{what} must be a real scalar. Received: {value!r} of type {type(value).__name__}."
     )
-
-
-def is_finite_rate(x: float) -> bool:
-    return math.isfinite(x) and x >= 0

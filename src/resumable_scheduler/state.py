@@ -142,10 +142,6 @@ class ScheduleState:
         """The state after every batch of `epoch` was trained."""
         return checked_replace(self, epoch=epoch + 1, batch=0, **changes)
 
-    def with_position(self, epoch: int, batch: int, step: int) -> "ScheduleState":
-        """The state at batch `batch` of `epoch`, global step `step`."""
-        return checked_replace(self, epoch=epoch, batch=batch, step=step)
-
     def rate_for(self, epoch: int) -> float | None:
         """The rate already decided for `epoch`, or None."""
         return self.history[epoch] if epoch < len(self.history) else None

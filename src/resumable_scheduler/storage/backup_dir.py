@@ -15,12 +15,12 @@ accumulators (`training::*` datasets). The hex field is the CRC-32 of the
 whole file, so a truncated or garbled file is detected before use. Files
 are committed atomically (`storage.atomic.commit_file`).
 
-Stock layout: `latest.weights.h5` (+ `.bkp`) and `training_metadata.json`.
+Stock layout: `latest.weights.h5` (+ `.bkp`) and `training_metadata.json`; our
+state rides inside `latest.weights.h5` when `rs.LearningRateScheduler` ran.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import zlib
@@ -35,7 +35,6 @@ from resumable_scheduler.storage import atomic, h5
 from resumable_scheduler.tracker import ATTR, DATASET, TRAINING_PREFIX
 
 STOCK_WEIGHTS = "latest.weights.h5"
-STOCK_METADATA = "training_metadata.json"
 SUFFIX = ".weights.h5"
 _NAME = re.compile(r"^ckpt-(\d{8})-([0-9a-f]{8})\.weights\.h5$")
 
@@ -146,11 +145,4 @@ def read_envelope(path: str) -> tuple[dict[str, Any] | None, str]:
     if errors:
         raise ValueError("No readable checkpoint in backup_dir: " + "; ".join(errors))
     weights = os.path.join(path, STOCK_WEIGHTS)
-    doc = h5.read_envelope_h5(weights)
-    meta = os.path.join(path, STOCK_METADATA)
-    if doc is not None and os.path.exists(meta):
-        with open(meta, encoding="utf-8") as f:
-            stock = json.load(f)
-        if isinstance(stock, dict) and isinstance(stock.get("epoch"), int):
-            doc["stock_metadata"] = stock
-    return doc, weights
+    return h5.read_envelope_h5(weights), weights
