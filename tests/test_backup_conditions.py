@@ -14,7 +14,7 @@ import pytest
 
 import resumable_scheduler as rs
 from tests.resume_helpers import (
-    InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
+    BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
 )
 
 CHILD = os.path.join(os.path.dirname(__file__), "child_train.py")
@@ -154,3 +154,23 @@ def test_read_state_understands_backup_dir(tmp_path):
     assert (s["epoch"], s["batch"], s["step"]) == (12, 3, 63)
     assert len(s["history"]) == 13 and s["learning_rate"] == s["history"][12]
     assert "LearningRateScheduler" in s["callbacks"]
+
+
+def test_switching_from_stock_backup_and_restore_continues_its_backup(tmp_path):
+    # A run started with stock keras.callbacks.BackupAndRestore, interrupted;
+    # the user switches the import to rs and reruns: it continues, never restarts.
+    import keras
+
+    d = os.fspath(tmp_path / "b")
+    model = make_model()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, [keras.callbacks.BackupAndRestore(d), rs.LearningRateScheduler(documented_schedule),
+                    InterruptAt(12, 0)], shuffle=False)
+    model = make_model()
+    log = BatchLog()
+    with pytest.warns(UserWarning, match=re.escape(f"Resuming from the stock keras.callbacks.BackupAndRestore backup in {d!r} at epoch 12")):
+        fit(model, [rs.BackupAndRestore(d), rs.LearningRateScheduler(documented_schedule), log], shuffle=False)
+    assert log.rows[0] == (12, 0) and len(log.rows) == 15
+    got = outcome(model)
+    assert got["iterations"] == 75 and round(got["lr"], 5) == 0.00607
+    assert_same(got, run_uninterrupted(shuffle=False))

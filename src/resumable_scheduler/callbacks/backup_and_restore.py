@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterable
 
 import keras
 
+from resumable_scheduler import _keras_internals as ki
 from resumable_scheduler import training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
@@ -138,6 +140,8 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         ckpt = self._newest_usable()
         if ckpt is not None:
             self._load(ckpt)
+        elif os.path.exists(os.path.join(self.backup_dir, layout.STOCK_WEIGHTS)):
+            self._load_stock()
         else:
             self._start_fresh()
         self._install_handlers()
@@ -203,6 +207,37 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             model.optimizer.build(model.trainable_variables)
         model.load_weights(ckpt.weights_path)  # also hands over callback states
         self._resume_from(ckpt.doc, ckpt.arrays, apply_callbacks=False)
+
+    def _load_stock(self) -> None:
+        """Continues from a backup that stock `keras.callbacks.BackupAndRestore`
+        wrote in the same directory (a user who just switched the import)."""
+        model = self._model
+        weights = os.path.join(self.backup_dir, layout.STOCK_WEIGHTS)
+        meta_path = os.path.join(self.backup_dir, "training_metadata.json")
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                epoch = json.load(f)["epoch"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"epoch={epoch!r}")
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(weights)
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            self._lock.release()
+            raise RuntimeError(
+                f"backup_dir={self.backup_dir!r} holds a stock Keras backup that "
+                f"cannot be read ({e}). Nothing was changed. To start training over "
+                f"from scratch, delete {self.backup_dir!r}."
+            ) from None
+        warnings.warn(
+            f"Resuming from the stock keras.callbacks.BackupAndRestore backup in "
+            f"{self.backup_dir!r} at epoch {epoch}: stock backups hold no RNG state, "
+            "so the batch order from here may differ from an uninterrupted run. "
+            "New checkpoints use this callback's format.",
+            UserWarning,
+            stacklevel=3,
+        )
+        ki.set_initial_epoch(model, epoch)
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
