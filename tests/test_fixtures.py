@@ -150,3 +150,33 @@ def test_rs_v1_fixture_resumes_after_a_fresh_compile(kind, reference_weights):
     assert len(callback.state.history) == 15
     for w_ref, w in zip(reference_weights, model.get_weights()):
         np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-7)
+
+
+RS_V1_BACKUP = os.path.join(ROOT, "rs_v1_backup")
+
+
+def test_rs_v1_backup_dir_is_readable():
+    state = rs.read_state(RS_V1_BACKUP)
+    assert (state["epoch"], state["batch"], state["step"]) == (12, 3, 63)
+    assert state["learning_rate"] == pytest.approx(0.01 * math.exp(-0.3))
+
+
+@JAX_REFERENCE
+def test_rs_v1_backup_dir_resumes_mid_epoch_exactly(tmp_path):
+    import shutil
+
+    backup = os.fspath(tmp_path / "backup")
+    shutil.copytree(RS_V1_BACKUP, backup)
+    x, y = x_y()
+
+    reference = demo.build_model()
+    reference.fit(x, y, epochs=demo.EPOCHS, batch_size=demo.BATCH_SIZE, shuffle=True, verbose=0,
+                  callbacks=[rs.LearningRateScheduler(demo.schedule)])
+
+    model = demo.build_model()
+    model.fit(x, y, epochs=demo.EPOCHS, batch_size=demo.BATCH_SIZE, shuffle=True, verbose=0,
+              callbacks=[rs.BackupAndRestore(backup, save_freq=1), rs.LearningRateScheduler(demo.schedule)])
+    assert int(model.optimizer.iterations) == 75
+    assert round(lr_of(model), 5) == 0.00607 and lr_of(model) == lr_of(reference)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        assert np.array_equal(a, b)
