@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,22 +11,14 @@ import time
 import numpy as np
 
 import resumable_scheduler as rs
+from tests.soak import CHILD, load_result
 
-CHILD = os.path.join(os.path.dirname(__file__), "child_train.py")
 GRACE_S = 10.0
 
 
 def _run(args, **kw):
     return subprocess.Popen([sys.executable, CHILD, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, **kw)
-
-
-def _result(out):
-    with open(os.path.join(out, "result.json")) as f:
-        res = json.load(f)
-    with np.load(os.path.join(out, "weights.npz"), allow_pickle=False) as z:
-        res["weights"] = [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
-    return res
 
 
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
@@ -59,7 +50,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
     assert rows == [(e, b) for e in range(3) for b in range(40)]
     assert (1, stopped_at) in rows and rows.index((1, stopped_at)) == 40 + stopped_at
 
-    got, want = _result(out), _result(ref_out)
+    got, want = load_result(out), load_result(ref_out)
     assert got["iterations"] == want["iterations"] == 120
     assert got["lr"] == want["lr"]
     assert all(np.array_equal(a, b) for a, b in zip(got["weights"], want["weights"]))
