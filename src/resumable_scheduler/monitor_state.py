@@ -82,8 +82,25 @@ def _validate(data: Any, owner: str, ints: tuple[str, ...], extra: tuple[str, ..
     return out
 
 
+class _MonitorStateBase:
+    """Equality for the monitor states: `best` may be NaN (a NaN best equals
+    a NaN best), every other field compares as in `to_dict()`."""
+
+    best: float | None
+
+    def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return _same_best(self.best, other.best) and dataclasses.replace(self, best=None).to_dict() == dataclasses.replace(other, best=None).to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PlateauState:
+class PlateauState(_MonitorStateBase):
     """State of `rs.ReduceLROnPlateau`.
 
     Args:
@@ -110,13 +127,6 @@ class PlateauState:
         for key, value in _validate_plateau(self.to_dict()).items():
             object.__setattr__(self, key, value)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PlateauState):
-            return NotImplemented
-        return _same_best(self.best, other.best) and dataclasses.replace(self, best=None).to_dict() == dataclasses.replace(other, best=None).to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -142,7 +152,7 @@ def _validate_plateau(data: Any) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class EarlyStoppingState:
+class EarlyStoppingState(_MonitorStateBase):
     """State of `rs.EarlyStopping`.
 
     Args:
@@ -168,13 +178,6 @@ class EarlyStoppingState:
     def __post_init__(self) -> None:
         for key, value in _validate_es(self.to_dict()).items():
             object.__setattr__(self, key, value)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EarlyStoppingState):
-            return NotImplemented
-        return _same_best(self.best, other.best) and dataclasses.replace(self, best=None).to_dict() == dataclasses.replace(other, best=None).to_dict()
-
-    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         return {
