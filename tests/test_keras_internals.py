@@ -34,6 +34,8 @@ PINNED = {
     "model_config_json": "test_model_config_and_assets_are_what_stock_orbax_saves",
     "model_assets": "test_model_config_and_assets_are_what_stock_orbax_saves",
     "in_fit_of": "test_callbacks_and_the_epoch_iterator_run_inside_fit",
+    "running_fit_callbacks": "test_fit_keeps_its_callback_list_in_a_local",
+    "in_fit_with": "test_fit_keeps_its_callback_list_in_a_local",
 }
 
 
@@ -251,3 +253,19 @@ def test_callbacks_and_the_epoch_iterator_run_inside_fit():
         model.fit(np.zeros((4, 20)), np.zeros((4, 10)), epochs=1, verbose=0, callbacks=[Probe()])
         assert seen == {"epoch_begin": True, "other_model": False, "batch_end": True}
     assert not ki.in_fit_of(model)
+
+
+def test_fit_keeps_its_callback_list_in_a_local():
+    model = tiny_model()
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen["ours"] = ki.in_fit_with(self._model, self)
+            seen["stranger"] = ki.in_fit_with(self._model, keras.callbacks.Callback())
+            seen["listed"] = any(c is self for c in ki.running_fit_callbacks(self._model))
+
+    with internal("Model.fit keeps its CallbackList in the local variable `callbacks`"):
+        model.fit(np.zeros((4, 20)), np.zeros((4, 10)), epochs=1, verbose=0, callbacks=[Probe()])
+        assert seen == {"ours": True, "stranger": False, "listed": True}
+    assert ki.running_fit_callbacks(model) is None

@@ -111,11 +111,39 @@ def in_fit_of(model: Any) -> bool:
     model's `fit` method; a hook left installed by a `fit` that raised must
     not act on a later, unrelated one.
     """
+    return _fit_frame(model) is not None
+
+
+def _fit_frame(model: Any) -> Any:
     import sys
 
-    frame = sys._getframe(1)
+    frame = sys._getframe(2)
     while frame is not None:
         if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-            return True
+            return frame
         frame = frame.f_back
-    return False
+    return None
+
+
+def running_fit_callbacks(model: Any) -> list[Any] | None:
+    """The callbacks of the innermost `model.fit` running on this thread's
+    stack (its `CallbackList`'s `callbacks`), or None outside any fit.
+
+    Keras's `fit` keeps its `CallbackList` in the local variable `callbacks`.
+    """
+    frame = _fit_frame(model)
+    if frame is None:
+        return None
+    cbs = frame.f_locals.get("callbacks")
+    return list(getattr(cbs, "callbacks", None) or [])
+
+
+def in_fit_with(model: Any, callback: Any) -> bool:
+    """True when called from a `model.fit` whose callbacks include `callback`.
+
+    A hook left behind by a `fit` that raised (Keras then skips
+    `on_train_end`) must not act on a later `fit` of the same model that does
+    not use that callback.
+    """
+    cbs = running_fit_callbacks(model)
+    return cbs is not None and any(c is callback for c in cbs)
