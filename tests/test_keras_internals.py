@@ -36,6 +36,8 @@ PINNED = {
     "in_fit_of": "test_callbacks_and_the_epoch_iterator_run_inside_fit",
     "running_fit_callbacks": "test_fit_keeps_its_callback_list_in_a_local",
     "in_fit_with": "test_fit_keeps_its_callback_list_in_a_local",
+    "running_epoch_iterator": "test_fit_keeps_its_training_epoch_iterator_in_a_local",
+    "epoch_input": "test_epoch_input_reads_what_a_position_depends_on",
 }
 
 
@@ -269,3 +271,66 @@ def test_fit_keeps_its_callback_list_in_a_local():
         model.fit(np.zeros((4, 20)), np.zeros((4, 10)), epochs=1, verbose=0, callbacks=[Probe()])
         assert seen == {"ours": True, "stranger": False, "listed": True}
     assert ki.running_fit_callbacks(model) is None
+
+
+def test_fit_keeps_its_training_epoch_iterator_in_a_local():
+    model = tiny_model()
+    seen = {}
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen["epoch_begin"] = ki.running_epoch_iterator(self._model)
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen["batch_end"] = ki.running_epoch_iterator(self._model)
+
+    original = ki.epoch_iterator_class()._enumerate_iterator
+    enumerated = []
+
+    def spy(it):
+        enumerated.append((it, ki.running_epoch_iterator(model)))
+        return original(it)
+
+    with internal("Model.fit keeps its training EpochIterator in the local variable `epoch_iterator`"):
+        cls = ki.epoch_iterator_class()
+        cls._enumerate_iterator = spy
+        try:
+            x, y = np.zeros((4, 20), "float32"), np.zeros((4, 10), "float32")
+            model.fit(x, y, epochs=1, verbose=0, validation_data=(x, y), callbacks=[Probe()])
+        finally:
+            cls._enumerate_iterator = original
+        it = seen["epoch_begin"]
+        assert isinstance(it, cls) and seen["batch_end"] is it
+        # The training epoch is enumerated from the fit's own iterator; the
+        # validation pass inside the fit uses another one.
+        assert all(running is it for _, running in enumerated)
+        assert any(e is it for e, _ in enumerated)
+        assert any(e is not it for e, _ in enumerated)
+    assert ki.running_epoch_iterator(model) is None
+
+
+def test_epoch_input_reads_what_a_position_depends_on():
+    cls = ki.epoch_iterator_class()
+
+    class Data(keras.utils.PyDataset):
+        def __len__(self):
+            return 7
+
+        def __getitem__(self, i):
+            return np.ones((2, 2), "float32"), np.zeros((2, 1), "float32")
+
+    with internal("EpochIterator.data_adapter / num_batches / steps_per_epoch / steps_per_execution, "
+                  "ArrayDataAdapter._num_samples / _batch_size, PyDatasetAdapter.num_batches"):
+        x = np.ones((10, 2), "float32")
+        assert ki.epoch_input(cls(x=x, batch_size=4)) == {
+            "adapter": "ArrayDataAdapter", "samples": 10, "batch_size": 4, "batches": 3, "steps": 3,
+            "steps_per_epoch": None, "steps_per_execution": 1,
+        }
+        assert ki.epoch_input(cls(x=x, batch_size=2, steps_per_epoch=3, steps_per_execution=1)) == {
+            "adapter": "ArrayDataAdapter", "samples": 10, "batch_size": 2, "batches": 5, "steps": 3,
+            "steps_per_epoch": 3, "steps_per_execution": 1,
+        }
+        assert ki.epoch_input(cls(x=Data())) == {
+            "adapter": "PyDatasetAdapter", "batches": 7, "steps": 7,
+            "steps_per_epoch": None, "steps_per_execution": 1,
+        }

@@ -147,3 +147,44 @@ def in_fit_with(model: Any, callback: Any) -> bool:
     """
     cbs = running_fit_callbacks(model)
     return cbs is not None and any(c is callback for c in cbs)
+
+
+def running_epoch_iterator(model: Any) -> Any:
+    """The training `EpochIterator` of the innermost running `model.fit`, or
+    None outside any fit (or before `fit` has made it).
+
+    Keras's `fit` keeps it in the local variable `epoch_iterator`; iterators
+    that `evaluate` or `predict` make inside the fit are other objects.
+    """
+    frame = _fit_frame(model)
+    if frame is None:
+        return None
+    it = frame.f_locals.get("epoch_iterator")
+    return it if isinstance(it, epoch_iterator_class()) else None
+
+
+def epoch_input(iterator: Any) -> dict[str, Any]:
+    """What the batch positions of an `EpochIterator`'s epochs depend on, as
+    JSON: `adapter` (data adapter class name), `steps` (batches per epoch,
+    what `fit` passes as `params["steps"]`), `steps_per_epoch` (the `fit`
+    argument, or None), `steps_per_execution`, `batches` (batches in one pass
+    over the data, None if unknown; a `PyDataset`'s `len()`), and for arrays
+    `samples` and `batch_size` (`ArrayDataAdapter._num_samples` /
+    `_batch_size`)."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    def as_int(v: Any) -> int | None:
+        return None if v is None else int(v)
+
+    adapter = iterator.data_adapter
+    out: dict[str, Any] = {
+        "adapter": type(adapter).__name__,
+        "steps": as_int(iterator.num_batches),
+        "steps_per_epoch": as_int(iterator.steps_per_epoch),
+        "steps_per_execution": as_int(iterator.steps_per_execution),
+        "batches": as_int(adapter.num_batches),
+    }
+    if isinstance(adapter, ArrayDataAdapter):
+        out["samples"] = int(adapter._num_samples)
+        out["batch_size"] = int(adapter._batch_size)
+    return out

@@ -8,15 +8,26 @@ state at the start of the interrupted epoch, arrays (shuffled or not) and
 `keras.utils.PyDataset` then yield exactly the batches the interrupted run
 would have trained next.
 
+A position "batch `k` of epoch `e`" only means something for the input it was
+counted on: a mid-epoch checkpoint records that input (`input_record`: batch
+size, number of samples or `len()`, steps per epoch), and a resumed `fit`
+whose input differs is refused before any batch is trained
+(`check_resumed_input`), instead of crashing inside Keras or silently training
+the wrong samples.
+
 Inputs whose position cannot be rebuilt this way (a plain Python generator,
 `tf.data`, a torch `DataLoader`) get one warning, and the interrupted epoch
 runs again from its first batch, as with stock Keras; everything else
-(weights, optimizer, learning rates, RNG) is still restored exactly.
+(weights, optimizer, learning rates, RNG) is still restored exactly. So does
+a `steps_per_epoch` smaller than one pass over the data (`warn_partial_epochs`):
+Keras then carries its data iterator over from one epoch to the next, which a
+resume does not re-create yet.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from typing import Any, Callable
 
 from resumable_scheduler import _keras_internals as ki
@@ -28,21 +39,40 @@ _ACTIVE: "_SkipPatch | None" = None
 class _SkipPatch:
     """One-shot patch of `EpochIterator._enumerate_iterator` (class level).
 
-    Only the first epoch iterator enumerated after `install`, inside `fit` of
-    `model`, is affected; the patch removes itself on first use. A patch left
-    behind by a `fit` that raised before its epoch started is dropped by the
-    next `install`, and never acts outside its own model's `fit`.
+    Only the training epoch iterator of the `fit` of `model` whose callbacks
+    include `owner` (the callback that made the skip) is affected, on its
+    first epoch after `install`; the patch then removes itself. Iterators that
+    `evaluate` or `predict` run inside that fit (from a callback) pass through
+    untouched and leave the skip for the training epoch. A patch left behind
+    by a `fit` that raised before its epoch started is dropped by the next
+    `install`, or by the first iterator enumerated outside that fit, and never
+    acts there.
     """
 
     def __init__(self, steps: int, on_unsupported: Callable[[Any], None],
-                 after_skip: Callable[[], None] | None = None, model: Any = None) -> None:
+                 after_skip: Callable[[], None] | None = None, model: Any = None,
+                 owner: Any = None) -> None:
         self.model = model
+        self.owner = owner
         self.steps = steps
         self.after_skip = after_skip
         self.on_unsupported = on_unsupported
         self.cls = ki.epoch_iterator_class()
-        self.original = self.cls.__dict__["_enumerate_iterator"]
+        self.original: Any = None
         self.active = False
+
+    def _mine(self, it: Any) -> bool | None:
+        """True: `it` is the training iterator the skip was made for. False:
+        an evaluate/predict iterator inside that fit (leave the skip in
+        place). None: not that fit at all (the patch is stale)."""
+        if self.model is None:
+            return True
+        if self.owner is not None:
+            if not ki.in_fit_with(self.model, self.owner):
+                return None
+        elif not ki.in_fit_of(self.model):
+            return None
+        return it is ki.running_epoch_iterator(self.model)
 
     def install(self) -> None:
         global _ACTIVE
@@ -50,13 +80,18 @@ class _SkipPatch:
             _ACTIVE.uninstall()
         _ACTIVE = self
         patch = self
+        # Read after dropping a stale patch, so this is Keras's own method.
+        self.original = self.cls.__dict__["_enumerate_iterator"]
 
         def _enumerate_iterator(it: Any):
-            patch.uninstall()
+            mine = patch._mine(it)
+            if mine is None:
+                patch.uninstall()  # a stale patch: not the fit it was made for
             inner = patch.original(it)
-            if patch.model is not None and not ki.in_fit_of(patch.model):
-                yield from inner  # a stale patch: not this model's fit
+            if not mine:
+                yield from inner
                 return
+            patch.uninstall()
             if not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
                 patch.on_unsupported(it.data_adapter)
                 yield from inner
@@ -85,13 +120,17 @@ class _SkipPatch:
 
 
 def skip_batches(
-    steps: int, after_skip: Callable[[], None] | None = None, model: Any = None
+    steps: int,
+    after_skip: Callable[[], None] | None = None,
+    model: Any = None,
+    owner: Any = None,
 ) -> _SkipPatch:
     """Makes the next training epoch start at batch `steps` (see module doc).
 
     `after_skip` runs once the skipped batches are consumed, right before the
     first batch is trained (to put back RNG state that training consumes).
-    With `model`, only an epoch of that model's `fit` is affected.
+    With `model`, only the training epoch of that model's `fit` is affected,
+    and with `owner` too, only of a `fit` whose callbacks include `owner`.
     """
 
     def warn(adapter: Any) -> None:
@@ -105,6 +144,156 @@ def skip_batches(
             stacklevel=2,
         )
 
-    patch = _SkipPatch(steps, warn, after_skip, model)
+    patch = _SkipPatch(steps, warn, after_skip, model, owner)
     patch.install()
     return patch
+
+
+# -- what a position depends on ----------------------------------------------
+
+
+def input_record(model: Any) -> dict[str, Any] | None:
+    """What the batch positions of the running `model.fit` depend on (JSON),
+    for a mid-epoch checkpoint, or None outside a fit.
+
+    Keys: `adapter` (the Keras data adapter's class name), `steps` (batches
+    per epoch, Keras's `params["steps"]`), `steps_per_epoch` (the `fit`
+    argument, or None), `steps_per_execution`, `batches` (batches in one pass
+    over the data: for a `PyDataset`, its `len()`), and for arrays `samples`
+    and `batch_size`.
+    """
+    it = ki.running_epoch_iterator(model)
+    if it is None:
+        return None
+    return ki.epoch_input(it)
+
+
+def _location(owner: Any) -> tuple[str, str | None]:
+    for attr in ("backup_dir", "directory"):
+        path = getattr(owner, attr, None)
+        if isinstance(path, str):
+            return f"{attr}={path!r}", path
+    return "the checkpoint", None
+
+
+def _kind(record: dict[str, Any]) -> str:
+    name = record.get("adapter")
+    if name == "ArrayDataAdapter":
+        return "arrays"
+    if name == "PyDatasetAdapter":
+        return "a PyDataset"
+    return str(name)
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what changed, how to get the old value back) for each input property
+    that a position depends on and that differs."""
+    out: list[tuple[str, str]] = []
+
+    def both(key: str) -> bool:
+        return old.get(key) is not None and new.get(key) is not None and old[key] != new[key]
+
+    if old.get("adapter") != new.get("adapter") and old.get("adapter") and new.get("adapter"):
+        out.append((f"input {_kind(old)} then, {_kind(new)} now", f"the same input ({_kind(old)})"))
+    if both("batch_size"):
+        out.append((f"batch_size={old['batch_size']} then, {new['batch_size']} now",
+                    f"batch_size={old['batch_size']}"))
+    if both("samples"):
+        out.append((f"{old['samples']} samples then, {new['samples']} now",
+                    f"the same {old['samples']} samples"))
+    elif both("batches") and old.get("adapter") == "PyDatasetAdapter" == new.get("adapter"):
+        out.append((f"len(PyDataset)={old['batches']} then, {new['batches']} now",
+                    f"a PyDataset of length {old['batches']}"))
+    if "steps_per_epoch" in old and old.get("steps_per_epoch") != new.get("steps_per_epoch"):
+        def spe(v: Any) -> str:
+            return "no steps_per_epoch" if v is None else f"steps_per_epoch={v}"
+
+        then, now = old.get("steps_per_epoch"), new.get("steps_per_epoch")
+        out.append((f"{spe(then)} then, {'none' if now is None else now} now", spe(then)))
+    spe = new.get("steps_per_execution") or 1
+    if old.get("steps_per_execution") not in (None, spe) and old.get("batch", 0) % spe:
+        out.append((f"steps_per_execution={old['steps_per_execution']} then, {spe} now",
+                    f"steps_per_execution={old['steps_per_execution']}"))
+    if not out and both("steps"):
+        out.append((f"{old['steps']} steps per epoch then, {new['steps']} now",
+                    f"{old['steps']} steps per epoch"))
+    return out
+
+
+def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
+    """Raises ValueError if the running `fit` cannot continue the mid-epoch
+    checkpoint `doc` exactly: its input is not the one the position was
+    counted on (batch size, number of samples or `len()`, steps per epoch),
+    or its epochs are too short for the position. Call before anything of
+    the resumed epoch is trained; `owner` is the resuming callback (its
+    directory is named in the message)."""
+    position = doc.get("position") or {}
+    batch = position.get("batch") or 0
+    if not batch:
+        return  # an epoch boundary does not depend on the input
+    model = getattr(owner, "_model", None)
+    it = ki.running_epoch_iterator(model) if model is not None else None
+    if it is None or not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
+        return  # no position to rebuild: the epoch reruns (see skip_batches)
+    new = ki.epoch_input(it)
+    params = getattr(owner, "params", None) or {}
+    if params.get("steps") is not None:
+        new["steps"] = params["steps"]
+    where, path = _location(owner)
+    epoch = position.get("epoch")
+    start = f"Cannot resume from the mid-epoch checkpoint in {where} (epoch {epoch}, batch {batch})"
+    delete = f"delete {path!r}" if path else "delete it"
+    old = doc.get("input")
+    if isinstance(old, dict):
+        diffs = _differences({**old, "batch": batch}, new)
+        if diffs:
+            raise ValueError(
+                f"{start}: the training input is not the one it was written with: "
+                + "; ".join(d for d, _ in diffs)
+                + ". Its position counts batches of that input, so this fit would "
+                "train the wrong samples. Rerun with "
+                + ", ".join(w for _, w in diffs)
+                + f" as when the checkpoint was written, or {delete} to start over. "
+                "Nothing was changed."
+            )
+    # Also for checkpoints that predate the record: a position past the end
+    # of this fit's epochs cannot be right.
+    steps = [s for s in (new.get("steps"), new.get("batches")) if isinstance(s, int)]
+    if steps and batch >= min(steps):
+        raise ValueError(
+            f"{start}: this fit's epochs have only {min(steps)} batches, so the "
+            "training input is not the one the checkpoint was written with (batch "
+            "size, number of samples or steps_per_epoch changed). Rerun with the "
+            f"input of the interrupted run, or {delete} to start over. "
+            "Nothing was changed."
+        )
+
+
+_WARNED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def warn_partial_epochs(owner: Any) -> None:
+    """Warns once per `fit` when its `steps_per_epoch` is smaller than one
+    pass over the data: Keras then continues each epoch where the previous
+    one stopped in the data (40 samples, batch 4, steps_per_epoch=6 gives
+    epochs of 6, 4, 6, 4... batches), and a resume, at an epoch boundary or
+    mid-epoch, starts a fresh pass instead."""
+    model = getattr(owner, "_model", None)
+    it = ki.running_epoch_iterator(model) if model is not None else None
+    if it is None or it in _WARNED:
+        return
+    record = ki.epoch_input(it)
+    spe, batches = record.get("steps_per_epoch"), record.get("batches")
+    if not spe or not batches or spe >= batches:
+        return
+    _WARNED.add(it)
+    warnings.warn(
+        f"steps_per_epoch={spe} is less than one pass over the training data "
+        f"({batches} batches): Keras then starts each epoch where the previous "
+        "one stopped in the data, and a resumed run starts a fresh pass instead, "
+        "so after an interruption it trains other batches than an uninterrupted "
+        f"run would. For an exact resume, use steps_per_epoch={batches} (or "
+        "none), or make the data one epoch long.",
+        UserWarning,
+        stacklevel=3,
+    )

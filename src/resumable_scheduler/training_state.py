@@ -15,7 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from resumable_scheduler import rng
+from resumable_scheduler import data, rng
 from resumable_scheduler.tracker import tracker_for
 
 NOW = "now_"
@@ -30,6 +30,10 @@ def capture(
     include_callbacks: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Returns `(doc, arrays)` for a checkpoint at batch `batch` of `epoch`.
+
+    A mid-epoch checkpoint's `doc["input"]` records what its position
+    depends on (batch size, number of samples or `len()`, steps per epoch;
+    see `data.input_record`).
 
     `doc["callbacks"]` holds every resumable callback's state unless
     `include_callbacks` is False (for back ends where Keras's saving writes
@@ -56,6 +60,13 @@ def capture(
     }
     if batch:
         doc["rng_now"] = now_meta
+        # What "batch `batch`" counts: a rerun with another batch size, data
+        # length or steps per epoch must not resume this position (see
+        # data.check_resumed_input). Absent outside a fit, and in older
+        # checkpoints.
+        record = data.input_record(model)
+        if record is not None:
+            doc["input"] = record
     if include_callbacks:
         doc["callbacks"] = tracker_for(model).collect()
     return doc, arrays

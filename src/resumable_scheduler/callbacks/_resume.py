@@ -132,10 +132,15 @@ class ResumeMixin:
         if self._boundary_pending:
             self._commit(epoch, 0, rng.capture_host_rng())
             self._boundary_pending = False
+        from resumable_scheduler import data
+
         resume, self._resume = self._resume, None
         batch = 0
         if resume is not None and resume[0]["position"]["epoch"] == epoch:
             doc, arrays = resume
+            # A position counted on another input (batch size, data length,
+            # steps per epoch) is refused before anything is trained.
+            data.check_resumed_input(self, doc)
             # Re-create the interrupted epoch: same RNG, so the same order.
             rng.restore_host_rng(doc["rng"], arrays)
             batch = doc["position"]["batch"]
@@ -144,8 +149,10 @@ class ResumeMixin:
                 self._skip = skip_batches(
                     batch,
                     model=self._model,
+                    owner=self,
                     after_skip=lambda: training_state.restore_rng_now(doc, arrays)
                 )
+        data.warn_partial_epochs(self)
         self._epoch, self._batch = epoch, batch
         self._epoch_rng = rng.capture_host_rng()
 
