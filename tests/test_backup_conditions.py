@@ -136,7 +136,10 @@ def test_unwritable_backup_dir_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"backup_dir": ""}, "Invalid value for argument `backup_dir`. Received: backup_dir=''. Expected a non-empty path."),
+        # Keras's own sentence first, then ours.
+        ({"backup_dir": ""}, "Empty `backup_dir` argument passed. Received: backup_dir=''. Expected a non-empty path to a directory used only for this run's checkpoints."),
+        ({"backup_dir": None}, "Empty `backup_dir` argument passed. Received: backup_dir=None. Expected a non-empty path to a directory used only for this run's checkpoints."),
+        ({"backup_dir": 3}, "Invalid value for argument `backup_dir`. Received: backup_dir=3 of type int. Expected a non-empty path (str or os.PathLike)."),
         ({"backup_dir": "x", "save_freq": 3.5}, "Invalid value for argument `save_freq`. Received: save_freq=3.5. Expected either 'epoch' or an integer value."),
         ({"backup_dir": "x", "save_freq": 0}, "Invalid value for argument `save_freq`. Received: save_freq=0. Expected either 'epoch' or an integer value."),
     ],

@@ -232,15 +232,36 @@ def demo_reference_history():
     return [0.01] * 10 + [0.01 * math.exp(-0.1 * k) for k in range(1, 6)]
 
 
-def test_fitting_again_without_initial_epoch_continues_the_history():
-    # Calling fit twice with the same callback: epoch numbers restart at 0
-    # (Keras), and the decided rate of each epoch is reused, never re-applied.
+def float_schedule(epoch, lr):
+    return lr if epoch < 10 else lr * math.exp(-0.1)
+
+
+@pytest.mark.parametrize("epochs", [12, 15])
+def test_a_second_fit_from_epoch_0_starts_the_schedule_afresh_as_stock(epochs):
+    # Calling fit twice with the same callback and no checkpoint: Keras
+    # restarts the epoch numbers at 0 and calls the schedule again from the
+    # optimizer's current rate. So does ours (it used to replay the first
+    # fit's rates instead).
+    x, y = demo.data()
+    final = {}
+    for name, make in [("stock", keras.callbacks.LearningRateScheduler), ("ours", rs.LearningRateScheduler)]:
+        model = demo.build_model()
+        cb = make(float_schedule)
+        model.fit(x, y, epochs=epochs, batch_size=5, verbose=0, callbacks=[cb])
+        model.fit(x, y, epochs=epochs, batch_size=5, verbose=0, callbacks=[cb])
+        final[name] = lr_of(model)
+    assert final["ours"] == final["stock"]
+    assert final["ours"] == pytest.approx(0.01 * math.exp(-0.2 * (epochs - 10)))
+
+
+def test_a_second_fit_with_initial_epoch_continues_the_history():
     model = demo.build_model()
     x, y = demo.data()
     cb = rs.LearningRateScheduler(demo.schedule)
     model.fit(x, y, epochs=12, batch_size=5, verbose=0, callbacks=[cb])
-    model.fit(x, y, epochs=12, batch_size=5, verbose=0, callbacks=[cb])
-    assert lr_of(model) == pytest.approx(0.01 * math.exp(-0.2))
+    model.fit(x, y, epochs=15, initial_epoch=12, batch_size=5, verbose=0, callbacks=[cb])
+    assert lr_of(model) == pytest.approx(0.01 * math.exp(-0.5))
+    assert len(cb.state.history) == 15
 
 
 # -- multi-optimizer models (keras.optimizers.MultiOptimizer, Keras >= 3.13) --

@@ -65,12 +65,57 @@ def print_msg(message: str) -> None:
     io_utils.print_msg(message)
 
 
-def set_initial_epoch(model: Any, epoch: int | None) -> None:
+class _InitialEpoch(int):
+    """`model._initial_epoch` for one `fit` only.
+
+    Every backend's `fit` reads it once, right after all the callbacks'
+    `on_train_begin`, as `self._initial_epoch or initial_epoch`: the truth
+    test is that read. It clears the attribute (so a later `fit`, or one
+    left behind by a `fit` that raised, is never moved), answers False when
+    read by a `fit` that does not run `owner`, and otherwise runs
+    `after_train_begin` once: the moment every callback has started and no
+    epoch has begun.
+    """
+
+    _model_ref: Any
+    _owner: Any
+    _after: Any
+
+    def __bool__(self) -> bool:
+        model = self._model_ref()
+        if model is not None and model.__dict__.get("_initial_epoch") is self:
+            model._initial_epoch = None
+        if self._owner is not None and (model is None or not in_fit_with(model, self._owner)):
+            return False
+        after, self._after = self._after, None
+        if after is not None:
+            after()
+        return int(self) != 0
+
+
+def set_initial_epoch(
+    model: Any,
+    epoch: int | None,
+    owner: Any = None,
+    after_train_begin: Any = None,
+) -> None:
     """Makes the running `fit` start at `epoch` (as stock BackupAndRestore does).
 
-    `fit` reads `model._initial_epoch` right after `on_train_begin`.
+    `fit` reads `model._initial_epoch` right after `on_train_begin`. With
+    `owner` (the callback calling this), only a `fit` running `owner` is
+    moved, once; `after_train_begin()` then runs at that read (see
+    `_InitialEpoch`).
     """
-    model._initial_epoch = epoch
+    if epoch is None or owner is None:
+        model._initial_epoch = epoch
+        return
+    import weakref
+
+    value = _InitialEpoch(epoch)
+    value._model_ref = weakref.ref(model)
+    value._owner = owner
+    value._after = after_train_begin
+    model._initial_epoch = value
 
 
 def epoch_iterator_class() -> type:
@@ -135,7 +180,24 @@ def running_fit_callbacks(model: Any) -> list[Any] | None:
     if frame is None:
         return None
     cbs = frame.f_locals.get("callbacks")
+    if isinstance(cbs, (list, tuple)):
+        # Still the user's list: `fit` is building its CallbackList (whose
+        # constructor calls `set_model`); Keras adds History and the progress
+        # bar to it, which are never resumable.
+        return list(cbs)
     return list(getattr(cbs, "callbacks", None) or [])
+
+
+def running_fit_callback_list(model: Any) -> Any:
+    """The `CallbackList` object of the innermost running `model.fit`, or
+    None (outside any fit, or while `fit` is still building it). It lives
+    exactly as long as that `fit`'s frame: when `fit` raises, it is freed
+    once the exception (and its traceback) is dropped."""
+    frame = _fit_frame(model)
+    if frame is None:
+        return None
+    cbs = frame.f_locals.get("callbacks")
+    return cbs if hasattr(cbs, "callbacks") and not isinstance(cbs, (list, tuple)) else None
 
 
 def in_fit_with(model: Any, callback: Any) -> bool:

@@ -82,6 +82,9 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
         from resumable_scheduler.storage.arrays import read_arrays
 
         arrays = read_arrays(source)
+    from resumable_scheduler.tracker import distinct_keys
+
+    distinct_keys(callbacks)  # two schedulers: "LearningRateScheduler", "...#2"
     # Each set_state validates its own state and changes nothing if it is invalid.
     for cb in callbacks:
         if cb.state_key in states:

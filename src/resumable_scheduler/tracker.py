@@ -55,11 +55,18 @@ class StateTracker(KerasSaveable):
 
     def __init__(self) -> None:
         self._resumables: dict[str, Resumable] = {}
+        self._model_ref: Any = None  # weakref to the model, set by tracker_for
         self._unclaimed: dict[str, Mapping[str, Any]] = {}
         self._unclaimed_arrays: dict[str, dict[str, np.ndarray]] = {}
         self.epoch = 0
         self.batch = 0
         self.steps: int | None = None
+        #: State keys whose `on_epoch_end` a resumed run replays from the
+        #: epoch-end checkpoint being written (set only while it is written).
+        self.epoch_end_replayed: frozenset[str] = frozenset()
+        #: The epoch `fit` is training (set at its start): batch positions
+        #: derive from it, so reporting a batch twice changes nothing.
+        self._training_epoch = 0
         #: Set by a backup only while it writes: (top-level envelope items such
         #: as the position and RNG scalars, arrays stored as `training::*`).
         self.extra: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
@@ -73,12 +80,42 @@ class StateTracker(KerasSaveable):
 
     # -- registry -------------------------------------------------------------
 
-    def register(self, obj: Resumable) -> None:
-        """Adds `obj` under its `state_key`; a state loaded earlier is handed over."""
-        self._resumables[obj.state_key] = obj
-        if obj.state_key in self._unclaimed:
-            obj.set_state(self._unclaimed.pop(obj.state_key))
-            _give_arrays(obj, self._unclaimed_arrays.pop(obj.state_key, None))
+    def register(self, obj: Resumable, fit_callbacks: list[Any] | None = None) -> None:
+        """Adds `obj` under its `state_key`; a state loaded earlier is handed over.
+
+        `fit_callbacks` (the callbacks of the `fit` that is starting) drops
+        the callbacks of earlier fits that are not in it. Two callbacks of
+        one fit with the same `state_key` (two `rs.LearningRateScheduler`,
+        say) never overwrite each other: the second one's key becomes
+        `"<state_key>#2"`, the third's `"#3"`, in the order of the list, so
+        a rerun of the same script finds each state again. By default
+        `fit_callbacks` is read from the running `fit` of the tracker's model.
+        """
+        if fit_callbacks is None and self._model_ref is not None:
+            model = self._model_ref()
+            if model is not None:
+                from resumable_scheduler._keras_internals import running_fit_callbacks
+
+                fit_callbacks = running_fit_callbacks(model)
+        if fit_callbacks is not None:
+            live = {id(c) for c in fit_callbacks}
+            for key, other in list(self._resumables.items()):
+                if id(other) not in live:
+                    del self._resumables[key]
+        base = obj.state_key.split("#", 1)[0]
+        key, n = base, 1
+        while key in self._resumables and self._resumables[key] is not obj:
+            n += 1
+            key = f"{base}#{n}"
+        if key != obj.state_key:
+            obj.state_key = key  # type: ignore[misc] - per instance from now on
+        for other_key, other in list(self._resumables.items()):
+            if other is obj and other_key != key:
+                del self._resumables[other_key]
+        self._resumables[key] = obj
+        if key in self._unclaimed:
+            obj.set_state(self._unclaimed.pop(key))
+            _give_arrays(obj, self._unclaimed_arrays.pop(key, None))
 
     def resumables(self) -> dict[str, Resumable]:
         return dict(self._resumables)
@@ -116,15 +153,19 @@ class StateTracker(KerasSaveable):
     # -- shared position (idempotent: several callbacks may report it) -------
 
     def note_epoch_begin(self, epoch: int) -> None:
+        self._training_epoch = epoch
         if epoch != self.epoch:
             self.epoch, self.batch = epoch, 0
 
     def note_batch_begin(self, batch: int, steps_per_execution: int = 1) -> None:
         """Batch `batch` (and the rest of its execution) is being trained: a
-        checkpoint written at its end must count it as done."""
-        self.batch = batch + steps_per_execution
-        if self.steps is not None and self.batch >= self.steps:
-            self.epoch, self.batch = self.epoch + 1, 0
+        checkpoint written at its end must count it as done. Idempotent:
+        several callbacks of one fit may report the same batch."""
+        done = batch + steps_per_execution
+        if self.steps is not None and done >= self.steps:
+            self.epoch, self.batch = self._training_epoch + 1, 0
+        else:
+            self.epoch, self.batch = self._training_epoch, done
 
     def note_epoch_end(self, epoch: int) -> None:
         # With a known epoch length, a batch count short of it means fit was
@@ -152,6 +193,28 @@ class StateTracker(KerasSaveable):
         self.apply(doc["callbacks"], split_arrays(store))
 
 
+def distinct_keys(objs: Any) -> None:
+    """Gives callbacks that share a `state_key` the keys a tracker would:
+    the first keeps it, the second gets `"<key>#2"`, and so on, in order.
+
+    >>> class Cb:
+    ...     state_key = "S"
+    >>> a, b = Cb(), Cb()
+    >>> distinct_keys([a, b]); (a.state_key, b.state_key)
+    ('S', 'S#2')
+    """
+    taken: set[str] = set()
+    for obj in objs:
+        base = obj.state_key.split("#", 1)[0]
+        key, n = base, 1
+        while key in taken:
+            n += 1
+            key = f"{base}#{n}"
+        taken.add(key)
+        if key != obj.state_key:
+            obj.state_key = key
+
+
 def warn_no_state(where: str) -> None:
     warnings.warn(
         f"No resumable_scheduler state found in {where} (it was written by stock "
@@ -167,6 +230,9 @@ def tracker_for(model: Any) -> StateTracker:
     tracker = model.__dict__.get(ATTR)
     if not isinstance(tracker, StateTracker):
         tracker = StateTracker()
+        import weakref
+
+        tracker._model_ref = weakref.ref(model)
         # object.__setattr__ keeps Keras's attribute tracking out of it.
         object.__setattr__(model, ATTR, tracker)
     return tracker

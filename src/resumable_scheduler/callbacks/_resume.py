@@ -28,10 +28,13 @@ Not thread-safe: every method runs on the thread that runs `fit`.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import threading
+import warnings
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +43,7 @@ import numpy as np
 from resumable_scheduler import _keras_internals as ki
 from resumable_scheduler import rng, training_state
 from resumable_scheduler.data import skip_batches
+from resumable_scheduler.tracker import tracker_for
 
 #: Exit status after a preemption checkpoint (128 + SIGTERM, as a shell reports it).
 PREEMPTED_EXIT_CODE = 143
@@ -75,6 +79,19 @@ def check_signals(preemption_signals: Iterable[int] | None) -> tuple[int, ...]:
     return signals
 
 
+def _scalar_logs(logs: dict | None) -> dict[str, float]:
+    """The finite real scalars of an epoch's logs, as floats (JSON-safe)."""
+    out: dict[str, float] = {}
+    for k, v in (logs or {}).items():
+        try:
+            f = float(np.asarray(v)) if np.ndim(v) == 0 else None
+        except (TypeError, ValueError):
+            f = None
+        if f is not None and math.isfinite(f):
+            out[str(k)] = f
+    return out
+
+
 class ResumeMixin:
     """Position, resume, save schedule and preemption for a checkpoint callback."""
 
@@ -104,8 +121,11 @@ class ResumeMixin:
     # -- state -----------------------------------------------------------------
 
     def _reset_position(self) -> None:
+        # A fit that raised skipped on_train_end: undo what it left first.
+        self._abandon_fit()
         self._epoch = 0
         self._batch = 0
+        self._current_epoch = 0
         self._since_save = 0
         self._boundary_pending = False
         self._epoch_rng: training_state.HostRng | None = None
@@ -113,6 +133,10 @@ class ResumeMixin:
         self._skip = None
         self._old_handlers: dict[int, Any] = {}
         self._signal: int | None = None
+        self._resumed_past_end = False
+        self._run_epochs: int | None = None
+        #: Extra envelope items of the epoch-end commit in progress.
+        self._epoch_end_extra: dict[str, Any] = {}
 
     def _resume_from(
         self, doc: dict[str, Any], arrays: dict[str, np.ndarray], apply_callbacks: bool = True
@@ -120,11 +144,116 @@ class ResumeMixin:
         """After the variables are loaded: callback states (unless loading them
         did it already), RNGs, the epoch to start."""
         training_state.apply_after_load(self._model, doc, arrays, apply_callbacks=apply_callbacks)
-        ki.set_initial_epoch(self._model, doc["position"]["epoch"])
+        position = doc["position"]
+        epoch = position["epoch"]
+        self._current_epoch = epoch
+        run = doc.get("run")
+        if isinstance(run, dict) and type(run.get("epochs")) is int:
+            self._run_epochs = run["epochs"]
+        epochs = self.params.get("epochs") if self.params else None
+        if isinstance(epochs, int) and epoch >= epochs:
+            self._resumed_past_end = True
+            warnings.warn(
+                f"{type(self).__name__}: the checkpoint resumes at epoch {epoch}, "
+                f"batch {position['batch']}, which is at or past `epochs`={epochs}: "
+                "this fit trains nothing"
+                + (
+                    f" (the interrupted run was started with epochs={self._run_epochs})"
+                    if self._run_epochs else ""
+                )
+                + ". Pass a larger `epochs` to train on; the checkpoint is kept.",
+                UserWarning,
+                stacklevel=3,
+            )
+        ki.set_initial_epoch(
+            self._model, epoch, owner=self, after_train_begin=lambda: self._replay_epoch_end(doc)
+        )
         self._resume = (doc, arrays)
 
     def _start_fresh(self) -> None:
         ki.set_initial_epoch(self._model, None)
+
+    # -- epoch ends that callbacks after us had not processed -------------------
+
+    def _epoch_end_doc(self, epoch: int, logs: dict | None) -> dict[str, Any]:
+        """What an epoch-end commit adds to the envelope: the run's `epochs`,
+        and the epoch's logs with the resumable callbacks listed after this
+        one (they have not seen this epoch end yet; a resumed run replays
+        their `on_epoch_end` with these logs, so the order of callbacks does
+        not matter and a finished epoch is never trained again)."""
+        out: dict[str, Any] = {}
+        epochs = self.params.get("epochs") if self.params else None
+        if isinstance(epochs, int):
+            out["run"] = {"epochs": epochs}
+        cbs = ki.running_fit_callbacks(self._model) or []
+        mine = next((i for i, c in enumerate(cbs) if c is self), None)
+        if mine is None:
+            return out
+        tracker = tracker_for(self._model)
+        keys = {id(obj): key for key, obj in tracker.resumables().items()}
+        later = [keys[id(c)] for c in cbs[mine + 1:] if id(c) in keys and c is not self]
+        if later:
+            out["replay"] = {"epoch": int(epoch), "logs": _scalar_logs(logs), "callbacks": later}
+        return out
+
+    def _replay_epoch_end(self, doc: dict[str, Any]) -> None:
+        """Runs `on_epoch_end` of the callbacks that had not seen the epoch
+        end the checkpoint was written at (see `_epoch_end_doc`)."""
+        replay = doc.get("replay")
+        if not isinstance(replay, dict) or doc["position"]["batch"] != 0:
+            return
+        epoch = replay.get("epoch")
+        if type(epoch) is not int or epoch + 1 != doc["position"]["epoch"]:
+            return
+        logs = replay.get("logs") if isinstance(replay.get("logs"), dict) else {}
+        resumables = tracker_for(self._model).resumables()
+        live = {id(c) for c in ki.running_fit_callbacks(self._model) or []}
+        for key in replay.get("callbacks") or []:
+            cb = resumables.get(key) if isinstance(key, str) else None
+            if cb is not None and id(cb) in live:
+                cb.on_epoch_end(epoch, dict(logs))
+
+    # -- a fit that raised ---------------------------------------------------------
+
+    def _watch_fit(self) -> None:
+        """Undoes what this fit installs if it raises (Keras then skips
+        `on_train_end`): once the exception is dropped, the fit's
+        `CallbackList` is freed and `_abandon_fit` runs."""
+        cl = ki.running_fit_callback_list(self._model)
+        self._fit_watch = None
+        if cl is not None:
+            me = weakref.ref(self)
+
+            def abandon() -> None:
+                cb = me()
+                if cb is not None:
+                    cb._abandon_fit()
+
+            self._fit_watch = weakref.finalize(cl, abandon)
+
+    def _abandon_fit(self) -> None:
+        """Removes the signal handlers, the batch skip, the resumed epoch and
+        the host's resources (`_release`) left by a fit that did not end."""
+        watch = getattr(self, "_fit_watch", None)
+        if watch is not None:
+            watch.detach()
+            self._fit_watch = None
+        if getattr(self, "_old_handlers", None):
+            if threading.current_thread() is threading.main_thread():
+                self._restore_handlers()
+        skip = getattr(self, "_skip", None)
+        if skip is not None:
+            skip.uninstall()
+            self._skip = None
+        model = getattr(self, "_model", None)
+        if model is not None:
+            left = model.__dict__.get("_initial_epoch")
+            if getattr(left, "_owner", None) is self:
+                model._initial_epoch = None
+        self._release()
+
+    def _release(self) -> None:
+        """Host hook: free what `on_train_begin` took (a lock, say)."""
 
     # -- Keras hooks -----------------------------------------------------------
 
@@ -175,8 +304,31 @@ class ResumeMixin:
                 self._save_now_or_at_boundary(last)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if self.save_freq == "epoch" and self.preempted is None and self._want_epoch_save(epoch, logs):
-            self._boundary_pending = True
+        finished = self._batch_count_done(epoch)
+        if finished:
+            self._current_epoch = epoch + 1
+        due = self._boundary_pending or (
+            self.save_freq == "epoch" and self.preempted is None and self._want_epoch_save(epoch, logs)
+        )
+        self._boundary_pending = False
+        if due and finished:
+            # Committed now, so that an exception in a later callback's
+            # on_epoch_end cannot lose it; those callbacks' epoch ends are
+            # replayed on resume (`_epoch_end_doc`).
+            self._epoch_end_extra = self._epoch_end_doc(epoch, logs)
+            tracker = tracker_for(self._model)
+            tracker.epoch_end_replayed = frozenset(self._epoch_end_extra.get("replay", {}).get("callbacks", ()))
+            try:
+                self._commit(epoch + 1, 0, rng.capture_host_rng())
+            finally:
+                self._epoch_end_extra = {}
+                tracker.epoch_end_replayed = frozenset()
+
+    def _batch_count_done(self, epoch: int) -> bool:
+        """False when `fit` left this epoch before its last batch (a mid-epoch
+        preemption: its checkpoint is already written)."""
+        steps = self.params.get("steps") if self.params else None
+        return not (self.preempted is not None and (steps is None or self._batch < steps))
 
     def _save_now_or_at_boundary(self, last: bool) -> None:
         if last:
@@ -185,18 +337,54 @@ class ResumeMixin:
         else:
             self._commit(self._epoch, self._batch, self._epoch_rng)
 
-    def _end_position(self, commit_boundary: bool) -> None:
-        """In `on_train_end`: drop the batch skip, commit a pending epoch end."""
+    def _end_position(self, commit_boundary: bool = True) -> None:
+        """In `on_train_end`: drop the batch skip and the failed-fit watch.
+        (Epoch ends are committed in `on_epoch_end`; `commit_boundary` is
+        kept for the host classes' calls.)"""
         if self._skip is not None:
             self._skip.uninstall()
-        if self._boundary_pending and commit_boundary:
-            self._commit(self._epoch + 1, 0, rng.capture_host_rng())
+        watch = getattr(self, "_fit_watch", None)
+        if watch is not None:
+            watch.detach()
+            self._fit_watch = None
         self._boundary_pending = False
+
+    def _should_delete_at_end(self) -> bool:
+        """Whether `delete_checkpoint` may delete now: never after a
+        preemption, a fit resumed at or past `epochs`, or when the run was
+        started with more epochs than this fit had (warned)."""
+        if self.preempted is not None or self._resumed_past_end:
+            return False
+        epochs = self.params.get("epochs") if self.params else None
+        if self._run_epochs is not None and isinstance(epochs, int) and self._run_epochs > epochs:
+            warnings.warn(
+                f"{type(self).__name__}: the checkpoint is kept: the run was started "
+                f"with epochs={self._run_epochs} and this fit ended at epoch "
+                f"{self._current_epoch} (epochs={epochs}). Rerun with "
+                f"epochs={self._run_epochs} to finish it, or delete the checkpoint.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return False
+        return True
 
     # -- preemption ------------------------------------------------------------
 
     def _install_handlers(self) -> None:
+        self._watch_fit()
+        if not self.preemption_signals:
+            return
         if threading.current_thread() is not threading.main_thread():
+            warnings.warn(
+                f"{type(self).__name__}: `fit` runs on a worker thread "
+                f"({threading.current_thread().name!r}), where Python cannot install "
+                "signal handlers: SIGTERM (`preemption_signals`) will not trigger a "
+                "checkpoint and a clean stop. Scheduled checkpoints (`save_freq`) "
+                "work as usual. Call `fit` from the main thread for preemption "
+                "handling.",
+                UserWarning,
+                stacklevel=3,
+            )
             return
         for s in self.preemption_signals:
             self._old_handlers[s] = signal.signal(s, self._on_signal)
@@ -216,8 +404,9 @@ class ResumeMixin:
         return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if not ki.in_fit_of(self._model):
-            # fit ended by an exception and left us installed: step aside.
+        if not ki.in_fit_with(self._model, self):
+            # The fit we were installed for ended by an exception and left us
+            # installed (a later fit does not run us): step aside.
             old = self._old_handlers.get(signum, signal.SIG_DFL)
             self._restore_handlers()
             if callable(old):

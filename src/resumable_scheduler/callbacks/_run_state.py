@@ -120,6 +120,9 @@ class RunStateMixin:
         but before this callback has seen that epoch's logs."""
         if not self._in_epoch or self._warned_stale or self._epoch_begin_step is None:
             return
+        model = getattr(self, "_model", None)
+        if model is not None and self.state_key in tracker_for(model).epoch_end_replayed:
+            return  # the resumed run replays this epoch end (rs checkpoints)
         steps = self.params.get("steps") if self.params else None
         now = self._iterations()
         if steps and now is not None and now - self._epoch_begin_step >= steps:

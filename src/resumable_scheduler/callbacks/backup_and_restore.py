@@ -105,10 +105,18 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         preemption_exit_code: int = PREEMPTED_EXIT_CODE,
     ) -> None:
         super().__init__()
-        if not backup_dir or not isinstance(backup_dir, (str, os.PathLike)):
+        if not backup_dir:
+            raise ValueError(
+                "Empty `backup_dir` argument passed. "
+                f"Received: backup_dir={backup_dir!r}. Expected a non-empty path "
+                "to a directory used only for this run's checkpoints."
+            )
+        if not isinstance(backup_dir, (str, os.PathLike)):
             raise ValueError(
                 "Invalid value for argument `backup_dir`. "
-                f"Received: backup_dir={backup_dir!r}. Expected a non-empty path."
+                f"Received: backup_dir={backup_dir!r:.100} of type "
+                f"{type(backup_dir).__name__}. Expected a non-empty path (str or "
+                "os.PathLike)."
             )
         check_save_freq(save_freq, allow_false=True)
         signals = check_signals(preemption_signals)
@@ -144,22 +152,46 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             self._load_stock()
         else:
             self._start_fresh()
+            if self.double_checkpoint:
+                # Then even the first checkpoint has one to fall back on.
+                self._commit(0, 0, None)
         self._install_handlers()
 
     # on_epoch_begin, on_train_batch_end, on_epoch_end: ResumeMixin.
 
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
-            self._end_position(commit_boundary=self.preempted is not None or not self.delete_checkpoint)
+            self._end_position()
         finally:
             self._restore_handlers()
             self._lock.release()
         if self._exit_if_preempted():
             return
-        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+        if self.delete_checkpoint and os.path.exists(self.backup_dir) and self._should_delete_at_end():
             import shutil
 
             shutil.rmtree(self.backup_dir)
+
+    def _release(self) -> None:
+        self._lock.release()
+
+    # -- what Keras's own tests read ------------------------------------------------
+
+    @property
+    def _weights_path(self) -> str | None:
+        """The newest checkpoint file (stock: `latest.weights.h5`)."""
+        paths = layout.list_checkpoints(self.backup_dir)
+        return paths[-1] if paths else None
+
+    @property
+    def _prev_weights_path(self) -> str | None:
+        """The checkpoint before the newest (kept with `double_checkpoint`)."""
+        paths = layout.list_checkpoints(self.backup_dir)
+        return paths[-2] if len(paths) > 1 else None
+
+    # Our position lives in the same file as the weights (one atomic commit).
+    _training_metadata_path = _weights_path
+    _prev_training_metadata_path = _prev_weights_path
 
     # -- storage ------------------------------------------------------------
 
@@ -237,12 +269,14 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             UserWarning,
             stacklevel=3,
         )
-        ki.set_initial_epoch(model, epoch)
+        self._current_epoch = epoch
+        ki.set_initial_epoch(model, epoch, owner=self)
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
         doc, arrays = training_state.capture(model, epoch, batch, host_rng, include_callbacks=False)
+        doc.update(self._epoch_end_extra)
         tracker = tracker_for(model)
         # Keras's saving writes the callback states through the tracker; the
         # position and RNG ride along in the same group.

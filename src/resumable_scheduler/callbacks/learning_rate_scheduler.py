@@ -105,6 +105,8 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self._takes_lr = _takes_lr(schedule)
         self._state: ScheduleState | None = None
         self._pending_apply = False
+        self._restored = False  # set_state since the last fit began
+        self._first_epoch = False  # the next on_epoch_begin is the fit's first
 
     # -- the resumable protocol ---------------------------------------------
 
@@ -142,6 +144,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         new = state if isinstance(state, ScheduleState) else ScheduleState.from_dict(state)
         self._state = new
         self._pending_apply = True
+        self._restored = True
         model = getattr(self, "_model", None)
         if model is not None:
             tracker = tracker_for(model)
@@ -181,20 +184,25 @@ class LearningRateScheduler(keras.callbacks.Callback):
             top.iterations.assign(self._state.step)
         self._pending_apply = False
 
+    def _fresh_state(self) -> ScheduleState:
+        """The state of a new run: the optimizers' current rates, no history."""
+        opts = self._optimizers()
+        rate = _read_rate(opts[0])
+        rates = tuple(_read_rate(o) for o in opts) if len(opts) > 1 else ()
+        return ScheduleState(
+            learning_rate=rate,
+            initial_learning_rate=rate,
+            optimizer_learning_rates=rates,
+            optimizer_histories=tuple(() for _ in rates),
+        )
+
     def on_train_begin(self, logs: dict | None = None) -> None:
         tracker = tracker_for(self._model)
         tracker.steps = self.params.get("steps") if self.params else None
         if self._state is None:
-            opts = self._optimizers()
-            rate = _read_rate(opts[0])
-            rates = tuple(_read_rate(o) for o in opts) if len(opts) > 1 else ()
-            self._state = ScheduleState(
-                learning_rate=rate,
-                initial_learning_rate=rate,
-                optimizer_learning_rates=rates,
-                optimizer_histories=tuple(() for _ in rates),
-            )
+            self._state = self._fresh_state()
         self._apply_pending()
+        self._first_epoch = True
 
     def _compute(self, epoch: int, lr: float, opt_name: str | None) -> float:
         raw = self.schedule(epoch, lr) if self._takes_lr else self.schedule(epoch)
@@ -216,6 +224,15 @@ class LearningRateScheduler(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self._pending_apply:
             self._apply_pending()
+        if self._first_epoch:
+            self._first_epoch = False
+            restored, self._restored = self._restored, False
+            if epoch == 0 and not restored and self._state is not None and self._state.history:
+                # A new run with a reused instance: as stock Keras, the
+                # schedule starts over from the optimizer's current rate.
+                self._state = self._fresh_state()
+                tracker = tracker_for(self._model)
+                tracker.epoch, tracker.batch = 0, 0
         state = self._state
         assert state is not None
         opts, multi = self._optimizers_and_multi()

@@ -362,6 +362,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
         doc, arrays = training_state.capture(model, epoch, batch, host_rng)
+        doc.update(self._epoch_end_extra)
         doc["variables"] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
         if _process_count() > 1:
             doc["rng_by_process"] = _gather_host_rng(doc, arrays)
