@@ -292,3 +292,13 @@ def test_uninterrupted_runs_still_delete_their_backup(tmp_path):
     fit(model, [rs.BackupAndRestore(d, save_freq=3), rs.LearningRateScheduler(documented_schedule)])
     assert not os.path.exists(d)
     assert_same(outcome(model), run_uninterrupted())
+
+
+def test_orbax_rerun_into_a_finished_directory_warns_instead_of_silently_training_nothing(tmp_path):
+    d = os.fspath(tmp_path / "ckpt")
+    model = make_model()
+    fit(model, [rs.LearningRateScheduler(documented_schedule), rs.OrbaxCheckpoint(d)], epochs=3)
+    seen = Epochs()
+    with pytest.warns(UserWarning, match=r"OrbaxCheckpoint: the checkpoint resumes at epoch 3, batch 0, which is at or past `epochs`=1: this fit trains nothing"):
+        fit(make_model(), [rs.OrbaxCheckpoint(d), seen], epochs=1)
+    assert seen.seen == []
