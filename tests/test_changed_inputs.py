@@ -30,6 +30,7 @@ X8 = np.arange(160, dtype="float32").reshape(8, 20) / 100
 Y8 = np.zeros((8, 10), dtype="float32")
 EPOCHS = 4
 AT = (2, 3)  # 2 * 5 + 3 = 13 batches trained when interrupted
+JAX_ONLY = pytest.mark.skipif(keras.backend.backend() != "jax", reason="rs.OrbaxCheckpoint runs on JAX")
 
 
 def snapshot(d):
@@ -156,6 +157,7 @@ def test_a_pydataset_of_another_length_is_refused(tmp_path):
     assert iterations(model) == EPOCHS * 5
 
 
+@JAX_ONLY
 def test_orbax_refuses_too(tmp_path):
     d = os.fspath(tmp_path / "o")
     interrupt(d, rs.OrbaxCheckpoint(d, save_freq=1, save_on_background=False))
@@ -225,6 +227,7 @@ def test_steps_per_epoch_smaller_than_the_data_warns_once(tmp_path, save_freq):
     assert "a resumed run starts a fresh pass" in got[0]
 
 
+@JAX_ONLY
 def test_steps_per_epoch_smaller_than_the_data_warns_once_for_orbax(tmp_path):
     got = partial_warnings([rs.OrbaxCheckpoint(os.fspath(tmp_path / "o"), save_freq=2,
                                                save_on_background=False)])

@@ -72,7 +72,9 @@ class _SkipPatch:
                 return None
         elif not ki.in_fit_of(self.model):
             return None
-        return it is ki.running_epoch_iterator(self.model)
+        running = ki.running_epoch_iterator(self.model)
+        # (None: a fit that keeps its iterator elsewhere; skip as before.)
+        return running is None or it is running
 
     def install(self) -> None:
         global _ACTIVE
