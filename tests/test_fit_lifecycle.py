@@ -302,3 +302,24 @@ def test_orbax_rerun_into_a_finished_directory_warns_instead_of_silently_trainin
     with pytest.warns(UserWarning, match=r"OrbaxCheckpoint: the checkpoint resumes at epoch 3, batch 0, which is at or past `epochs`=1: this fit trains nothing"):
         fit(make_model(), [rs.OrbaxCheckpoint(d), seen], epochs=1)
     assert seen.seen == []
+
+
+def test_a_dropped_failed_fit_never_releases_the_lock_of_a_later_fit(tmp_path):
+    d = os.fspath(tmp_path / "b")
+    kept = {}
+    with pytest.raises(RuntimeError) as info:
+        fit(make_model(), [rs.BackupAndRestore(d), Boom("on_epoch_end", 2)], epochs=6)
+    kept["info"] = info  # keeps the failed fit (and its CallbackList) alive
+    del info
+    free_during = []
+
+    class DropTheFailedFit(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 4:
+                kept.clear()
+                gc.collect()  # the failed fit's clean-up runs now
+                free_during.append(lock_is_free(d))
+
+    fit(make_model(), [rs.BackupAndRestore(d, delete_checkpoint=False), DropTheFailedFit()], epochs=6)
+    assert free_during == [False]  # the running fit still holds it
+    assert lock_is_free(d)

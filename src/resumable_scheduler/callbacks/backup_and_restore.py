@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import weakref
 from collections.abc import Iterable
 
 import keras
@@ -22,6 +23,9 @@ from resumable_scheduler.storage import backup_dir as layout
 from resumable_scheduler.tracker import tracker_for
 
 __all__ = ["PREEMPTED_EXIT_CODE", "BackupAndRestore"]
+
+#: Lock path -> the callback that took the process's lock on it last.
+_LOCK_OWNERS: dict[str, "weakref.ref[BackupAndRestore]"] = {}
 
 
 class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
@@ -173,7 +177,12 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             shutil.rmtree(self.backup_dir)
 
     def _release(self) -> None:
-        self._lock.release()
+        # Called when a fit that raised is dropped: the lock may have been
+        # taken over since by another callback of this process (the lock is
+        # re-entrant per process); only its last taker releases it.
+        owner = _LOCK_OWNERS.get(self._lock.path)
+        if owner is not None and owner() is self:
+            self._lock.release()
 
     # -- what Keras's own tests read ------------------------------------------------
 
@@ -199,6 +208,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         try:
             os.makedirs(self.backup_dir, exist_ok=True)
             self._lock.acquire()
+            _LOCK_OWNERS[self._lock.path] = weakref.ref(self)
         except OSError as e:
             raise OSError(
                 f"Cannot use backup_dir={self.backup_dir!r}: {e.strerror or e}. "
