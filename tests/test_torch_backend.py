@@ -31,6 +31,7 @@ FILES = [
     "test_plateau.py",
     "test_early_stopping.py",
     "test_step_schedule.py",
+    "test_fit_lifecycle.py",
 ]
 
 
