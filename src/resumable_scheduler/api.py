@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from resumable_scheduler.protocol import Resumable
+from resumable_scheduler.protocol import Resumable, short_name
 from resumable_scheduler.storage import find_envelope
 from resumable_scheduler.tracker import warn_no_state
 
@@ -27,7 +27,9 @@ def read_state(path: str | os.PathLike[str], step: int | None = None) -> dict[st
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: nothing resumable is saved there, or it is invalid.
+        ValueError: nothing resumable is saved there, or it is invalid (the
+            message names the file and the field), or `step` is given for a
+            layout without steps.
     """
     doc, source = find_envelope(path, step=step)
     if doc is None:
@@ -85,12 +87,18 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
     from resumable_scheduler.tracker import distinct_keys
 
     distinct_keys(callbacks)  # two schedulers: "LearningRateScheduler", "...#2"
-    # Each set_state validates its own state and changes nothing if it is invalid.
+    # The states of our own callbacks were validated when the file was read;
+    # each set_state validates its own state and changes nothing if it is invalid.
     for cb in callbacks:
         if cb.state_key in states:
-            cb.set_state(states[cb.state_key])
-            if arrays.get(cb.state_key) and hasattr(cb, "set_arrays"):
-                cb.set_arrays(arrays[cb.state_key])
+            try:
+                cb.set_state(states[cb.state_key])
+                if arrays.get(cb.state_key) and hasattr(cb, "set_arrays"):
+                    cb.set_arrays(arrays[cb.state_key])
+            except ValueError as e:
+                raise ValueError(f"Invalid state of `callbacks.{short_name(cb.state_key)}` in {source!r}: {e}") from None
+    # Position and epochs were checked when the envelope was read (integers
+    # from 0 to MAX_INT).
     position = doc.get("position")
     if position is not None:
         return int(position["epoch"])

@@ -6,8 +6,9 @@ Subcommands:
 - `inspect PATH [--json] [--plot FILE.png] [--step N]`: the state saved in
   a checkpoint, as `rs.read_state` returns it.
 
-Errors (a missing path, a file with no state, an unreadable checkpoint) print
-one line on stderr that names the path and exit with status 2.
+Errors (a missing path, a file with no state, an unreadable or crafted
+checkpoint, `--step` for a file that has no steps) print one line on stderr
+that names the path and exit with status 2, never a traceback.
 
 Example:
 
@@ -150,15 +151,33 @@ def plot_history(state: dict[str, Any], path: str) -> None:
         plt.close(fig)
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    """`text` on one line (whitespace runs become one space), at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from resumable_scheduler.api import read_state
+    from resumable_scheduler.storage import DESCRIPTIONS, layout_of
 
     if args.plot:
         _require_matplotlib()
     try:
+        if args.step is not None:
+            layout = layout_of(args.path)
+            if layout != "orbax":
+                raise CliError(
+                    f"cannot inspect {args.path!r}: --step {args.step} applies only to an "
+                    f"Orbax checkpoint directory; this is {DESCRIPTIONS[layout]}, which has no steps."
+                )
         state = read_state(args.path, step=args.step)
+    except CliError:
+        raise
     except (OSError, ValueError) as e:
-        raise CliError(f"cannot inspect {args.path!r}: {e}") from None
+        raise CliError(_one_line(f"cannot inspect {args.path!r}: {e}")) from None
+    except Exception as e:  # noqa: BLE001 - a file we cannot read is an error line, never a traceback
+        raise CliError(_one_line(f"cannot inspect {args.path!r}: {type(e).__name__}: {e}")) from None
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True))
     else:
@@ -210,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("path", help="a .keras or .weights.h5 file, or a backup/Orbax directory")
     insp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     insp.add_argument("--plot", metavar="FILE.png", default=None, help="draw the learning-rate history (needs matplotlib)")
-    insp.add_argument("--step", type=int, default=None, help="for an Orbax directory: the step to read")
+    insp.add_argument("--step", type=int, default=None, help="for an Orbax directory: the step to read (an error for anything else)")
     insp.set_defaults(func=_inspect)
     return parser
 
@@ -221,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as e:
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler.protocol import short, short_name
 
 
 def capture_host_rng(prefix: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -58,6 +59,77 @@ def restore_host_rng(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix
             torch.set_rng_state(torch.from_numpy(np.asarray(arrays[f"{prefix}rng_torch"], dtype=np.uint8).copy()))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"Invalid saved RNG state: {e!r}.") from None
+
+
+_MT_WORDS = 624  # the state of a Mersenne Twister: 624 32-bit words, then a position
+
+
+def _bad(field: str, where: str, received: str, expected: str) -> None:
+    raise ValueError(
+        f"Invalid value for field `{field}` in {where!r}. Received: {received}. Expected {expected}."
+    )
+
+
+def _check_words(field: str, arr: Any, where: str, length: int) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "iu" or arr.shape != (length,):
+        _bad(field, where, f"an array of dtype {arr.dtype} and shape {short_name(arr.shape)}",
+             f"shape ({length},) of integers")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= 2**32):
+        _bad(field, where, f"values from {int(arr.min())} to {int(arr.max())}", "32-bit words (0 to 2**32 - 1)")
+    return arr
+
+
+def check_host_rng(
+    meta: Any, arrays: dict[str, np.ndarray], prefix: str = "", where: str = "", array_field: str = ""
+) -> None:
+    """Checks a saved host-RNG state (as `capture_host_rng` returns it)
+    before anything is restored: `ValueError` naming `where` and the field
+    otherwise. `array_field` is how the arrays are named in the file (such
+    as `"training::"`)."""
+    rng_field = "rng_now" if prefix else "rng"
+    if not isinstance(meta, dict) or not isinstance(meta.get("numpy"), dict) or not isinstance(meta.get("python"), dict):
+        _bad(rng_field, where, short(meta), 'a JSON object with "numpy" and "python" entries')
+    n, p = meta["numpy"], meta["python"]
+    if n.get("name") != "MT19937":
+        _bad(f"{rng_field}.numpy.name", where, short(n.get("name")), "'MT19937'")
+    for key, top in (("pos", _MT_WORDS), ("has_gauss", 1)):
+        v = n.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= top:
+            _bad(f"{rng_field}.numpy.{key}", where, short(v), f"an integer from 0 to {top}")
+    for key, v, allow_none in (("numpy.cached_gaussian", n.get("cached_gaussian"), False),
+                               ("python.gauss_next", p.get("gauss_next"), True)):
+        if v is None and allow_none:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(float(v)):
+            _bad(f"{rng_field}.{key}", where, short(v), "a finite number" + (" or null" if allow_none else ""))
+    if p.get("version") != random.getstate()[0] or isinstance(p.get("version"), bool):
+        _bad(f"{rng_field}.python.version", where, short(p.get("version")), str(random.getstate()[0]))
+    keys = f"{prefix}rng_numpy_keys"
+    internal = f"{prefix}rng_python_internal"
+    for name in (keys, internal):
+        if name not in arrays:
+            raise ValueError(f"Invalid checkpoint {where!r}: the array `{array_field}{name}` is missing.")
+    _check_words(f"{array_field}{keys}", arrays[keys], where, _MT_WORDS)
+    words = _check_words(f"{array_field}{internal}", arrays[internal], where, _MT_WORDS + 1)
+    if not 0 <= int(words[-1]) <= _MT_WORDS:
+        _bad(f"{array_field}{internal}", where, f"position {int(words[-1])}", f"a last entry from 0 to {_MT_WORDS}")
+    torch_name = f"{prefix}rng_torch"
+    if torch_name in arrays:
+        arr = np.asarray(arrays[torch_name])
+        if arr.dtype != np.uint8 or arr.ndim != 1:
+            _bad(f"{array_field}{torch_name}", where, f"dtype {arr.dtype}, shape {short_name(arr.shape)}",
+                 "a 1-d uint8 array")
+
+
+def check_seed_generator_arrays(arrays: dict[str, np.ndarray], where: str = "", array_field: str = "") -> None:
+    """Checks saved `SeedGenerator` states: each a (2,) array of integers."""
+    for name, arr in arrays.items():
+        if name.startswith("seed_generator_"):
+            arr = np.asarray(arr)
+            if arr.dtype.kind not in "iu" or arr.shape != (2,):
+                _bad(f"{array_field}{name}", where, f"dtype {arr.dtype}, shape {short_name(arr.shape)}",
+                     "shape (2,) of integers (a Keras SeedGenerator state)")
 
 
 def capture_seed_generators(model: Any) -> dict[str, np.ndarray]:

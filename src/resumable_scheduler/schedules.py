@@ -50,6 +50,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from resumable_scheduler.protocol import float_max
 from resumable_scheduler.state import check_int, check_rate
 
 __all__ = [
@@ -71,10 +72,21 @@ def _fail(arg: str, value: Any, expected: str) -> None:
 
 def _check_base(value: Any) -> float:
     try:
-        return check_rate("base_learning_rate", value, owner="StepSchedule")
+        base = check_rate("base_learning_rate", value, owner="StepSchedule")
     except ValueError:
         _fail("base_learning_rate", value, "a finite number >= 0")
         raise  # unreachable
+    _check_fits("base_learning_rate", base, keras.config.floatx())
+    return base
+
+
+def _check_fits(arg: str, value: float, dtype: str, shown: Any = None) -> None:
+    """A rate finite in float64 can still be inf in the variable's dtype."""
+    most = float_max(dtype)
+    if most is not None and value > most:
+        _fail(arg, value if shown is None else shown,
+              f"finite numbers >= 0 that {dtype} can hold (at most {most:.8g})" if shown is not None
+              else f"a finite number >= 0 that {dtype} can hold (at most {most:.8g})")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -289,6 +301,8 @@ class Piecewise(StepSchedule):
                 _fail("values", values, "a list of finite numbers >= 0")
         if len(vals) != len(bounds) + 1:
             _fail("values", values, f"{len(bounds) + 1} entries, one more than `boundaries`")
+        for v in vals:  # the multiplier is computed in float32
+            _check_fits("values", float(v), "float32", shown=values)
         self.boundaries = bounds
         self.values = [float(v) for v in vals]
         super().__init__(None, base_learning_rate, name=name)

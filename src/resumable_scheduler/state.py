@@ -27,20 +27,37 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from resumable_scheduler.protocol import MAX_INT, short, short_name
+
 STATE_VERSION = 1
 
 
 def _fail(field: str, value: Any, expected: str, owner: str = "ScheduleState") -> None:
+    # A crafted checkpoint may hold megabytes in one field (or its name):
+    # echo a bounded part of both.
+    field = short_name(field)
     raise ValueError(
         f"Invalid value for field `{field}` of {owner}. "
-        f"Received: {field}={value!r}. Expected {expected}."
+        f"Received: {field}={short(value)}. Expected {expected}."
     )
 
 
 def check_int(field: str, value: Any, owner: str = "ScheduleState") -> int:
-    """Returns `value` if it is a non-negative int (not a bool)."""
+    """Returns `value` if it is an int from 0 to `MAX_INT` (not a bool).
+
+    The bound is what an int64 holds (the widest `optimizer.iterations`): a
+    step of `10**30` read from a crafted file would otherwise pass here and
+    fail inside `fit` with an `OverflowError`.
+
+    >>> check_int("step", 2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid value for field `step` of ScheduleState. Received: step=18446744073709551616. Expected an integer >= 0 and <= 9223372036854775807 (int64).
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         _fail(field, value, "an integer >= 0", owner)
+    if value > MAX_INT:
+        _fail(field, value, f"an integer >= 0 and <= {MAX_INT} (int64)", owner)
     return value
 
 
@@ -250,7 +267,7 @@ def _validate(data: Any) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ValueError(
             "Invalid ScheduleState. Received: "
-            f"{type(data).__name__} {data!r:.200}. Expected a dict with the keys "
+            f"{type(data).__name__} {short(data)}. Expected a dict with the keys "
             f"{', '.join(_REQUIRED)}."
         )
     for key in data:
@@ -260,7 +277,7 @@ def _validate(data: Any) -> dict[str, Any]:
         if key not in data:
             raise ValueError(
                 f"Missing field `{key}` in ScheduleState. Received keys: "
-                f"{sorted(map(str, data))}."
+                f"{short(sorted(map(str, data)), 300)}."
             )
     version = data["version"]
     if isinstance(version, bool) or version != STATE_VERSION or not isinstance(version, int):

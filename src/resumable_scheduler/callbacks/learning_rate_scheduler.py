@@ -219,6 +219,22 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 f"The output of the `schedule` function {_where(epoch, opt_name)} should be a finite "
                 f"learning rate >= 0. Got: {value!r}."
             )
+        # Finite as a Python float is not enough: the optimizer's rate variable
+        # (float32, bfloat16...) would hold inf.
+        from resumable_scheduler.lr_access import step_schedule_of
+        from resumable_scheduler.protocol import float_max
+
+        opts = self._optimizers()
+        opt = next((o for o in opts if opt_name is not None and o.name == opt_name), opts[0])
+        holder = step_schedule_of(opt)
+        dtype = getattr(holder if holder is not None else getattr(opt, "learning_rate", None), "dtype", None)
+        most = float_max(dtype if dtype is not None else keras.config.floatx())
+        if most is not None and value > most:
+            raise ValueError(
+                f"The output of the `schedule` function {_where(epoch, opt_name)} should be a finite "
+                f"learning rate >= 0 that the optimizer's {keras.backend.standardize_dtype(dtype or keras.config.floatx())} "
+                f"learning rate can hold (at most {most:.8g}). Got: {value!r}."
+            )
         return value
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:

@@ -7,56 +7,50 @@ They live in the same HDF5 group as the envelope (see
 
 from __future__ import annotations
 
-import io
-import zipfile
 from typing import Any
 
-import h5py
 import numpy as np
 
-from resumable_scheduler.tracker import ATTR, split_arrays
+from resumable_scheduler.storage import h5
+from resumable_scheduler.tracker import split_arrays
 
-_GROUP = f"{ATTR}/vars"
 
-
-def _from_h5file(f: h5py.File) -> dict[str, dict[str, np.ndarray]]:
-    if _GROUP not in f:
+def _from_h5file(f: Any, where: str) -> dict[str, dict[str, np.ndarray]]:
+    group = h5.state_group(f, where)
+    if group is None:
         return {}
-    group = f[_GROUP]
-    return split_arrays(_Store(group))
+    return split_arrays(_Store(group, where))
 
 
 class _Store:
-    """The two methods of a Keras store that `split_arrays` uses."""
+    """The two methods of a Keras store that `split_arrays` uses; every
+    dataset is read by `h5.read_array` (plain numeric dtypes only)."""
 
-    def __init__(self, group: Any) -> None:
+    def __init__(self, group: Any, where: str) -> None:
         self._group = group
+        self._where = where
 
     def keys(self) -> Any:
-        return self._group.keys()
+        try:
+            return list(self._group.keys())
+        except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
+            raise ValueError(f"Cannot list `{h5.GROUP}` in {self._where!r}: {type(e).__name__}.") from None
 
     def __getitem__(self, key: str) -> np.ndarray:
-        return np.asarray(self._group[key])
+        return h5.read_array(self._group, key, self._where)
 
 
 def read_arrays(source: str) -> dict[str, dict[str, np.ndarray]]:
     """Callback arrays by state key, from what `find_envelope` read.
 
     `source` is a `.weights.h5` file (a backup's or a `ModelCheckpoint`'s) or
-    a `.keras` archive; anything else has no arrays (`{}`).
+    a `.keras` archive; anything else has no arrays (`{}`). A malformed file
+    is a `ValueError` naming it and the dataset.
     """
-    path = source
-    try:
-        if path.endswith(".keras"):
-            with zipfile.ZipFile(path) as zf:
-                if "model.weights.h5" not in zf.namelist():
-                    return {}
-                data = zf.read("model.weights.h5")
-            with h5py.File(io.BytesIO(data), "r") as f:
-                return _from_h5file(f)
-        if path.endswith(".h5"):
-            with h5py.File(path, "r") as f:
-                return _from_h5file(f)
-    except (OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"Cannot read the arrays in {path!r}: {e}") from None
+    if source.endswith(".keras"):
+        with h5.open_keras_weights(source) as f:
+            return {} if f is None else _from_h5file(f, source)
+    if source.endswith(".h5"):
+        with h5.open_h5(source) as f:
+            return _from_h5file(f, source)
     return {}

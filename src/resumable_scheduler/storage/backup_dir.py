@@ -21,22 +21,26 @@ state rides inside `latest.weights.h5` when `rs.LearningRateScheduler` ran.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import h5py
 import numpy as np
 
-from resumable_scheduler.protocol import decode_envelope
-from resumable_scheduler.storage import atomic, h5
-from resumable_scheduler.tracker import ATTR, DATASET, TRAINING_PREFIX
+from resumable_scheduler import rng
+from resumable_scheduler.protocol import decode_envelope, short_name
+from resumable_scheduler.storage import atomic, check_states, h5
+from resumable_scheduler.tracker import TRAINING_PREFIX
 
 STOCK_WEIGHTS = "latest.weights.h5"
 SUFFIX = ".weights.h5"
-_NAME = re.compile(r"^ckpt-(\d{8})-([0-9a-f]{8})\.weights\.h5$")
+#: `ckpt-<number>-<crc32>.weights.h5`: the number has 8 digits, more once it
+#: passes 99,999,999 (never a leading zero then), and files sort by it as a
+#: number, not as text.
+_NAME = re.compile(r"^ckpt-(\d{8}|[1-9]\d{8,})-([0-9a-f]{8})\.weights\.h5$")
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,10 @@ def list_checkpoints(directory: str) -> list[str]:
     """Committed checkpoint files, oldest first."""
     if not os.path.isdir(directory):
         return []
-    names = sorted(n for n in os.listdir(directory) if _NAME.match(n))
-    return [os.path.join(directory, n) for n in names]
+    numbered = sorted(
+        (int(m.group(1)), n) for n in os.listdir(directory) if (m := _NAME.match(n))
+    )
+    return [os.path.join(directory, n) for _, n in numbered]
 
 
 def _seq(path: str) -> int:
@@ -72,14 +78,60 @@ def crc32(path: str) -> int:
     return crc
 
 
-def commit(directory: str, save: Callable[[str], None]) -> str:
-    """Writes a new checkpoint with `save(path)` and commits it atomically."""
+class _Buffer(io.BytesIO):
+    """The in-memory file a checkpoint is written into before it goes to disk.
+
+    Keras's `save_weights` takes it in place of a path (it checks the name
+    through `str()`, which gives the temporary's path, and writes HDF5 into
+    any `io.BytesIO`). So HDF5 never sees a failed disk write: one that fails
+    (a full disk, a file-size limit) leaves HDF5 holding objects it cannot
+    flush, and h5py crashes the interpreter at exit trying. The bytes are
+    written to disk by `commit` instead, where a failure is a plain
+    `OSError`. The cost is one copy of the checkpoint in memory, as Keras's
+    own `.keras` saving has.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+
+    def __str__(self) -> str:
+        return self._path
+
+
+def commit(directory: str, save: Callable[[Any], None]) -> str:
+    """Writes a new checkpoint with `save(target)` and commits it atomically.
+
+    `target` is an in-memory file whose `str()` is the temporary's path
+    (`model.save_weights` takes it); its bytes are then written to the
+    temporary, fsynced and renamed into place. A failure anywhere leaves no
+    new file and raises; a failed disk write is an `OSError` that names
+    `directory`.
+    """
     existing = list_checkpoints(directory)
     seq = _seq(existing[-1]) + 1 if existing else 0
+
+    def write(tmp: str) -> None:
+        buffer = _Buffer(tmp)
+        try:
+            save(buffer)
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(buffer.getbuffer())
+            except OSError as e:
+                reason = " ".join(str(e.strerror or e).split())[:300]
+                raise OSError(
+                    e.errno,
+                    f"Cannot write a checkpoint to backup_dir={directory!r}: {reason}. "
+                    "Nothing was committed; the checkpoints already there are unchanged.",
+                ) from None
+        finally:
+            buffer.close()
+
     return atomic.commit_file(
         os.path.join(directory, f"ckpt-{seq:08d}"),
         SUFFIX,
-        save,
+        write,
         lambda tmp: f"ckpt-{seq:08d}-{crc32(tmp):08x}{SUFFIX}",
     )
 
@@ -92,33 +144,30 @@ def read_checkpoint(path: str) -> Checkpoint:
     try:
         actual = crc32(path)
     except OSError as e:
-        raise ValueError(f"Unreadable checkpoint file {path!r}: {e}") from None
+        raise ValueError(f"Unreadable checkpoint file {path!r}: {short_name(e, 300)}") from None
     if actual != int(m.group(2), 16):
         raise ValueError(
             f"Corrupt checkpoint file {path!r}: its CRC-32 is {actual:08x}, its "
             f"name says {m.group(2)} (truncated or garbled)."
         )
-    try:
-        with h5py.File(path, "r") as f:
-            group = f[f"{ATTR}/vars"]
-            doc = decode_envelope(np.asarray(group[DATASET], dtype=np.uint8).tobytes())
-            arrays = {
-                k[len(TRAINING_PREFIX):]: np.asarray(group[k])
-                for k in group.keys() if k.startswith(TRAINING_PREFIX)
-            }
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"Unreadable checkpoint file {path!r}: {e}") from None
+    with h5.open_h5(path) as f:
+        group = h5.state_group(f, path)
+        if group is None:
+            raise ValueError(f"Unreadable checkpoint file {path!r}: no `{h5.GROUP}/envelope` dataset.")
+        doc = decode_envelope(h5.envelope_bytes(group, path), where=path)
+        try:
+            names = [k for k in group.keys() if k.startswith(TRAINING_PREFIX)]
+        except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
+            raise ValueError(f"Unreadable checkpoint file {path!r}: {type(e).__name__}: {short_name(e, 300)}") from None
+        arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, path) for k in names}
     for key in ("position", "rng"):
         if not isinstance(doc.get(key), dict):
             raise ValueError(f"Unreadable checkpoint file {path!r}: no valid `{key}` entry.")
-    pos = doc["position"]
-    for key in ("epoch", "batch", "step"):
-        v = pos.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(
-                f"Invalid value for field `position.{key}` in {path!r}. "
-                f"Received: {key}={v!r}. Expected an integer >= 0."
-            )
+    check_states(doc, path)
+    rng.check_host_rng(doc["rng"], arrays, where=path, array_field=TRAINING_PREFIX)
+    if doc["position"]["batch"] or "rng_now" in doc:
+        rng.check_host_rng(doc.get("rng_now"), arrays, prefix="now_", where=path, array_field=TRAINING_PREFIX)
+    rng.check_seed_generator_arrays(arrays, where=path, array_field=TRAINING_PREFIX)
     return Checkpoint(path=path, doc=doc, arrays=arrays)
 
 
@@ -145,4 +194,7 @@ def read_envelope(path: str) -> tuple[dict[str, Any] | None, str]:
     if errors:
         raise ValueError("No readable checkpoint in backup_dir: " + "; ".join(errors))
     weights = os.path.join(path, STOCK_WEIGHTS)
-    return h5.read_envelope_h5(weights), weights
+    doc = h5.read_envelope_h5(weights)
+    if doc is not None:
+        check_states(doc, weights)
+    return doc, weights
