@@ -28,7 +28,7 @@ Example:
 >>> set_rate(keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)), 0.1)
 Traceback (most recent call last):
 ...
-TypeError: The optimizer SGD holds a ExponentialDecay learning-rate schedule, whose rate cannot be set. Build it with an rs.StepSchedule (such as rs.schedules.warmup_cosine(...)) to combine a per-step schedule with epoch-level callbacks.
+TypeError: This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` constructor argument, hence its learning rate is not settable. If you need the learning rate to be settable, you should instantiate the optimizer with a float `learning_rate` argument. (resumable_scheduler: the optimizer SGD holds a ExponentialDecay learning-rate schedule, whose rate cannot be set. Build it with an rs.StepSchedule (such as rs.schedules.warmup_cosine(...)) to combine a per-step schedule with epoch-level callbacks.)
 """
 
 from __future__ import annotations
@@ -42,6 +42,17 @@ import numpy as np
 from resumable_scheduler.schedules import StepSchedule
 
 __all__ = ["current_rate", "get_rate", "optimizers_of", "read_scalar", "set_rate", "step_schedule_of"]
+
+#: What Keras raises when a callback sets the rate of an optimizer built with
+#: a `LearningRateSchedule` (`BaseOptimizer.learning_rate`'s setter). Our
+#: error starts with it, word for word, so code matching Keras's message
+#: (Keras's own tests do) keeps working; tests/test_keras_internals.py pins it.
+KERAS_SCHEDULE_NOT_SETTABLE = (
+    "This optimizer was created with a `LearningRateSchedule` object as its "
+    "`learning_rate` constructor argument, hence its learning rate is not "
+    "settable. If you need the learning rate to be settable, you should "
+    "instantiate the optimizer with a float `learning_rate` argument."
+)
 
 
 def optimizers_of(optimizer: Any) -> list[Any]:
@@ -134,9 +145,12 @@ def set_rate(optimizer: Any, value: float) -> None:
         return
     held = getattr(optimizer, "_learning_rate", None)
     what = type(held).__name__ if held is not None else "non-variable"
-    raise TypeError(
-        f"The optimizer {type(optimizer).__name__} holds a {what} learning-rate "
+    ours = (
+        f"the optimizer {type(optimizer).__name__} holds a {what} learning-rate "
         "schedule, whose rate cannot be set. Build it with an rs.StepSchedule "
         "(such as rs.schedules.warmup_cosine(...)) to combine a per-step "
         "schedule with epoch-level callbacks."
     )
+    if isinstance(held, keras.optimizers.schedules.LearningRateSchedule):
+        raise TypeError(f"{KERAS_SCHEDULE_NOT_SETTABLE} (resumable_scheduler: {ours})")
+    raise TypeError(ours[0].upper() + ours[1:])

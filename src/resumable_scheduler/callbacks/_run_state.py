@@ -1,14 +1,18 @@
 """What `rs.ReduceLROnPlateau` and `rs.EarlyStopping` share: when their state
 resets, when it carries on, and the checks around a resume.
 
-The rule, decided at the first epoch of every `fit`:
+`on_train_begin` resets the state, as Keras does (so one instance can be
+reused, and hooks driven by hand behave as Keras's), after setting aside
+what it held. The first epoch of the `fit` (its first `on_epoch_begin`, or
+`on_epoch_end` / `on_train_end` when the hooks are driven by hand) then
+decides what carries on:
 
-- a state handed over by `set_state` since the last `fit` (by `rs.restore`,
-  a backup, or `load_weights`) carries on, whatever the first epoch;
-- otherwise a `fit` that starts at epoch 0 is a new run: the state resets,
-  as Keras resets it in `on_train_begin` (so one instance can be reused);
-- otherwise (`initial_epoch > 0`, same process) the run continues: the state
-  left by the previous `fit` carries on.
+- a state handed over by `set_state` (by `rs.restore`, a backup, or
+  `load_weights`), before `on_train_begin` or since, carries on, whatever
+  the first epoch;
+- otherwise a `fit` that starts at epoch 0 is a new run: the reset stands;
+- otherwise (`initial_epoch > 0`, same process, or no epoch left to run)
+  the run continues: the state set aside at `on_train_begin` comes back.
 
 Only what describes a single `fit` resets every time (`stopped_epoch` of
 `EarlyStopping`).
@@ -28,19 +32,23 @@ from resumable_scheduler.tracker import tracker_for
 class RunStateMixin:
     """Bookkeeping for a resumable monitor callback (mixed into a Keras callback).
 
-    The host class provides `state_key`, `_reset_run()` (the Keras reset) and
-    `_reset_fit()` (what resets at every fit), and keeps `_epoch`, the number
-    of epoch ends it has processed.
+    The host class provides `state_key`, `_run_attrs` (the attributes of its
+    state, set aside at `on_train_begin`), `_reset_run()` (the Keras reset),
+    `_reset_fit()` (what resets at every fit) and `_settled()` (called once
+    the first epoch has decided), and keeps `_epoch`, the number of epoch
+    ends it has processed.
     """
 
     _model: Any
     params: dict
     state_key: str
+    _run_attrs: tuple[str, ...] = ()
 
     def _init_run_state(self) -> None:
         self._epoch = 0
-        self._restored = False  # set_state since the last fit began
-        self._first_epoch = False  # the next on_epoch_begin is the fit's first
+        self._restored = False  # set_state since the last on_train_begin
+        self._first_epoch = False  # the fit's first epoch has not decided yet
+        self._set_aside: tuple[dict[str, Any], bool] | None = None
         self._in_fit = False
         self._in_epoch = False
         self._epoch_begin_step: int | None = None
@@ -54,6 +62,9 @@ class RunStateMixin:
     def _reset_fit(self) -> None:
         pass
 
+    def _settled(self) -> None:
+        pass
+
     # -- lifecycle ----------------------------------------------------------------
 
     def _attach(self, model: Any) -> None:
@@ -65,29 +76,46 @@ class RunStateMixin:
         self._restored = True
 
     def _begin_fit(self) -> None:
+        """`on_train_begin`: set the state aside, then reset it as Keras does."""
         self._in_fit = True
         self._first_epoch = True
         self._warned_stale = False
+        self._set_aside = ({a: getattr(self, a) for a in self._run_attrs}, self._restored)
+        self._restored = False
+        self._reset_run()
+        self._epoch = 0
         self._reset_fit()
 
+    def _settle(self, epoch: int | None) -> None:
+        """The fit's first epoch (None: the fit ran none) decides what
+        carries on (see the module docstring)."""
+        if not self._first_epoch:
+            return
+        self._first_epoch = False
+        aside, self._set_aside = self._set_aside, None
+        saved, restored_before = aside if aside is not None else ({}, False)
+        restored = self._restored
+        self._restored = False
+        # No epoch ran (None): the fit started at or past its `epochs`, so it
+        # continued a run.
+        if not restored and (restored_before or epoch is None or epoch > 0):
+            for name, value in saved.items():
+                setattr(self, name, value)
+            restored = restored_before
+        if restored and epoch is not None and self._epoch != epoch:
+            warnings.warn(
+                f"{type(self).__name__}: the restored state was taken after "
+                f"{self._epoch} epoch(s), but this fit starts at epoch {epoch}. "
+                "Its decisions will differ from an uninterrupted run; pass "
+                f"`initial_epoch={self._epoch}` (what `rs.restore` returns).",
+                UserWarning,
+                stacklevel=4,
+            )
+        self._reset_fit()
+        self._settled()
+
     def _begin_epoch(self, epoch: int) -> None:
-        if self._first_epoch:
-            self._first_epoch = False
-            restored, self._restored = self._restored, False
-            if restored:
-                if self._epoch != epoch:
-                    warnings.warn(
-                        f"{type(self).__name__}: the restored state was taken after "
-                        f"{self._epoch} epoch(s), but this fit starts at epoch {epoch}. "
-                        "Its decisions will differ from an uninterrupted run; pass "
-                        f"`initial_epoch={self._epoch}` (what `rs.restore` returns).",
-                        UserWarning,
-                        stacklevel=3,
-                    )
-            elif epoch == 0:
-                self._reset_run()
-                self._epoch = 0
-            self._reset_fit()
+        self._settle(epoch)
         self._in_epoch = True
         self._epoch_begin_step = self._iterations()
 
@@ -96,6 +124,7 @@ class RunStateMixin:
         self._in_epoch = False
 
     def _end_fit(self) -> None:
+        self._settle(None)
         self._in_fit = False
         self._in_epoch = False
 

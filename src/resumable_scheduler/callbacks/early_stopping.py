@@ -39,11 +39,11 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
     final weights instead (as if no best weights had been recorded), unless
     a later epoch improves and records new ones.
 
-    What resets and what persists: a state handed over by `set_state` (a
-    restore) carries on into the next `fit`, and so does the state of a
-    `fit` continued with `initial_epoch > 0` in the same process; a `fit`
-    starting at epoch 0 without a restore is a new run and resets it, as
-    Keras does. `stopped_epoch` describes one `fit` and resets at every
+    What resets and what persists: `on_train_begin` resets the state, as
+    Keras does; at the first epoch, a state handed over by `set_state` (a
+    restore) carries on, and so does the state of a `fit` continued with
+    `initial_epoch > 0` in the same process; a `fit` starting at epoch 0
+    without a restore is a new run and keeps the reset. `stopped_epoch` describes one `fit` and resets at every
     `fit`. A `fit` with no epoch left to run (resumed after the last
     epoch) still restores the best weights at its end. A checkpoint written
     after this callback stopped the run belongs to a finished run: Keras
@@ -83,6 +83,7 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
     """
 
     state_key = "EarlyStopping"
+    _run_attrs = ("_epoch", "wait", "best", "best_epoch", "best_weights", "_expected_arrays", "_lost_best_weights")
 
     def __init__(
         self,
@@ -116,7 +117,7 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
     @property
     def state(self) -> EarlyStoppingState:
         """The current state (best weights counted, not included)."""
-        count = len(self.best_weights) if self.best_weights is not None else self._expected_arrays
+        count = _count(self.best_weights) if self.best_weights is not None else self._expected_arrays
         return EarlyStoppingState(
             epoch=self._epoch,
             wait=int(self.wait),
@@ -204,7 +205,7 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
         self._attach(model)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        # Keras resets here; we decide at the first epoch (see _run_state).
+        # Keras's reset; the first epoch decides what carries on (_run_state).
         self._begin_fit()
 
     def _check_best_weights(self) -> None:
@@ -219,16 +220,16 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
                     UserWarning,
                     stacklevel=3,
                 )
-        self._expected_arrays = 0 if self.best_weights is None else len(self.best_weights)
+        self._expected_arrays = 0 if self.best_weights is None else _count(self.best_weights)
+
+    _settled = _check_best_weights
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        first = self._first_epoch
         self._begin_epoch(epoch)
-        if first:
-            self._check_best_weights()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # Keras's logic, with self._model and a record of lost best weights.
+        self._settle(epoch)  # hooks driven by hand may skip on_epoch_begin
         if self.monitor_op is None:
             self._set_monitor_op()
         current = self.get_monitor_value(logs)
@@ -258,10 +259,7 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
         self._end_epoch(epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self._first_epoch:  # no epoch ran in this fit
-            self._first_epoch = False
-            self._restored = False
-            self._check_best_weights()
+        self._settle(None)  # when no epoch ran in this fit
         if self.stopped_epoch > 0 and self.verbose > 0:
             print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
@@ -272,3 +270,9 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
                 )
             self._model.set_weights(self.best_weights)
         self._end_fit()
+
+
+def _count(weights: Any) -> int:
+    """How many arrays `best_weights` holds (a model's `get_weights()` is a
+    list; anything else a model returns counts as one)."""
+    return len(weights) if isinstance(weights, (list, tuple)) else 1

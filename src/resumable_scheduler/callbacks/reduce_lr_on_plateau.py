@@ -27,12 +27,13 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
     resets that state in `on_train_begin` (keras-team/keras issues 14862,
     9462, 11420).
 
-    What resets and what persists: a state handed over by `set_state` (a
-    restore) carries on into the next `fit`, and so does the state of a
-    `fit` continued with `initial_epoch > 0` in the same process; a `fit`
-    starting at epoch 0 without a restore is a new run and resets it, as
-    Keras does. After a restore, the optimizer's rate is set from the state
-    when `fit` begins, even on a freshly compiled optimizer.
+    What resets and what persists: `on_train_begin` resets the state, as
+    Keras does; at the first epoch, a state handed over by `set_state` (a
+    restore) carries on, and so does the state of a `fit` continued with
+    `initial_epoch > 0` in the same process; a `fit` starting at epoch 0
+    without a restore is a new run and keeps the reset. After a restore,
+    the optimizer's rate is set from the state when `fit` begins, even on a
+    freshly compiled optimizer.
 
     It also reduces an optimizer built with an `rs.StepSchedule`: it scales
     the schedule's base rate (stock Keras raises `TypeError` there), and
@@ -73,6 +74,7 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
     """
 
     state_key = "ReduceLROnPlateau"
+    _run_attrs = ("_epoch", "wait", "best", "cooldown_counter")
 
     def __init__(
         self,
@@ -172,13 +174,14 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
         self._attach(model)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        # Keras resets here; we decide at the first epoch (see _run_state).
+        # Keras's reset; the first epoch decides what carries on (_run_state).
         self._begin_fit()
         self._apply_rates()
 
+    def _settled(self) -> None:
+        self._rates = ()  # applied in on_train_begin (or at set_state): consumed
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._first_epoch:
-            self._rates = ()  # applied in on_train_begin (or at set_state): consumed
         self._begin_epoch(epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -197,6 +200,7 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         # Keras's logic, with the rate read and set through lr_access.
+        self._settle(epoch)  # hooks driven by hand may skip on_epoch_begin
         if self.monitor_op is None:
             self._set_monitor_op()
         logs = logs if logs is not None else {}
