@@ -242,3 +242,29 @@ def test_whole_passes_do_not_warn(tmp_path, steps_per_epoch):
 
 def test_without_our_checkpoint_callbacks_nothing_warns():
     assert partial_warnings([rs.LearningRateScheduler(lambda e, lr: lr)]) == []
+
+
+# -- steps_per_epoch larger than one pass --------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="needs the hook in ResumeMixin.on_train_batch_end / _batch_count_done: "
+                   "steps = epoch_steps(self) (resumable_scheduler.data)")
+def test_steps_per_epoch_over_one_pass_resumes_exactly(tmp_path):
+    """Keras ends such an epoch after one pass (and warns that the input ran
+    out of data): its last batch is the epoch's end, not a mid-epoch
+    position past the data (which resumed to an UnboundLocalError)."""
+    def run(callbacks):
+        model = make_model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras: "Your input ran out of data"
+            model.fit(X, Y, epochs=EPOCHS, batch_size=1, steps_per_epoch=7, callbacks=callbacks, verbose=0)
+        return model
+
+    reference = run([])
+    d = os.fspath(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run([rs.BackupAndRestore(d, save_freq=1), InterruptAt(3, 0)])
+    log = BatchLog()
+    model = run([rs.BackupAndRestore(d, save_freq=1), log])
+    assert log.rows == [(3, b) for b in range(5)]
+    assert_same(outcome(model), outcome(reference))

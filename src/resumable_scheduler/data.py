@@ -261,6 +261,21 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
     # Also for checkpoints that predate the record: a position past the end
     # of this fit's epochs cannot be right.
     steps = [s for s in (new.get("steps"), new.get("batches")) if isinstance(s, int)]
+    spe, batches = new.get("steps_per_epoch"), new.get("batches")
+    if (isinstance(old, dict) and spe and batches and spe > batches and batch >= batches):
+        # Same input; Keras ends such epochs after one pass, and a checkpoint
+        # written before the epoch-length fix (`steps_in_epoch`) sits there.
+        raise ValueError(
+            f"{start}: steps_per_epoch={spe} is more than one pass over the "
+            f"training data ({batches} batches), so Keras ends each epoch after "
+            f"{batches} batches and that position is the end of an epoch whose "
+            f"epoch-end hooks never ran. Delete {path!r} to start over, and use "
+            f"steps_per_epoch={batches} (or none). Nothing was changed."
+            if path else
+            f"{start}: steps_per_epoch={spe} is more than one pass over the "
+            f"training data ({batches} batches); that position is the end of an "
+            "epoch. Delete the checkpoint to start over. Nothing was changed."
+        )
     if steps and batch >= min(steps):
         raise ValueError(
             f"{start}: this fit's epochs have only {min(steps)} batches, so the "
@@ -269,6 +284,35 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
             f"input of the interrupted run, or {delete} to start over. "
             "Nothing was changed."
         )
+
+
+def steps_in_epoch(owner: Any) -> int | None:
+    """The number of batches the running epoch of `owner`'s fit trains:
+    `params["steps"]`, except when `steps_per_epoch` is more than one pass
+    over the data, where Keras ends each epoch after one pass (and warns that
+    the input ran out of data). None when unknown."""
+    params = getattr(owner, "params", None) or {}
+    steps = params.get("steps")
+    model = getattr(owner, "_model", None)
+    it = ki.running_epoch_iterator(model) if model is not None else None
+    if it is None:
+        return steps
+    record = ki.epoch_input(it)
+    spe, batches = record.get("steps_per_epoch"), record.get("batches")
+    if spe and batches and spe > batches:
+        return batches if steps is None else min(steps, batches)
+    return steps
+
+
+def epoch_steps(owner: Any) -> int | None:
+    """The length of the running epoch as `steps_in_epoch` found it when the
+    epoch began (stored by `ResumeMixin.on_epoch_begin`), else
+    `params["steps"]`: what "the last batch of the epoch" means."""
+    steps = getattr(owner, "_epoch_steps", None)
+    if steps is not None:
+        return steps
+    params = getattr(owner, "params", None) or {}
+    return params.get("steps")
 
 
 _WARNED: "weakref.WeakSet[Any]" = weakref.WeakSet()

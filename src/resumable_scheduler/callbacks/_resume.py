@@ -282,6 +282,7 @@ class ResumeMixin:
                     after_skip=lambda: training_state.restore_rng_now(doc, arrays)
                 )
         data.warn_partial_epochs(self)
+        self._epoch_steps = data.steps_in_epoch(self)
         self._epoch, self._batch = epoch, batch
         self._epoch_rng = rng.capture_host_rng()
 
