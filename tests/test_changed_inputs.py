@@ -247,8 +247,6 @@ def test_without_our_checkpoint_callbacks_nothing_warns():
 # -- steps_per_epoch larger than one pass --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs the hook in ResumeMixin.on_train_batch_end / _batch_count_done: "
-                   "steps = epoch_steps(self) (resumable_scheduler.data)")
 def test_steps_per_epoch_over_one_pass_resumes_exactly(tmp_path):
     """Keras ends such an epoch after one pass (and warns that the input ran
     out of data): its last batch is the epoch's end, not a mid-epoch

@@ -36,6 +36,7 @@ PINNED = {
     "in_fit_of": "test_callbacks_and_the_epoch_iterator_run_inside_fit",
     "running_fit_callbacks": "test_fit_keeps_its_callback_list_in_a_local",
     "in_fit_with": "test_fit_keeps_its_callback_list_in_a_local",
+    "running_fit_callback_list": "test_fit_keeps_its_callback_list_in_a_local",
     "running_epoch_iterator": "test_fit_keeps_its_training_epoch_iterator_in_a_local",
     "epoch_input": "test_epoch_input_reads_what_a_position_depends_on",
 }
@@ -266,10 +267,11 @@ def test_fit_keeps_its_callback_list_in_a_local():
             seen["ours"] = ki.in_fit_with(self._model, self)
             seen["stranger"] = ki.in_fit_with(self._model, keras.callbacks.Callback())
             seen["listed"] = any(c is self for c in ki.running_fit_callbacks(self._model))
+            seen["list_object"] = self in ki.running_fit_callback_list(self._model).callbacks
 
     with internal("Model.fit keeps its CallbackList in the local variable `callbacks`"):
         model.fit(np.zeros((4, 20)), np.zeros((4, 10)), epochs=1, verbose=0, callbacks=[Probe()])
-        assert seen == {"ours": True, "stranger": False, "listed": True}
+        assert seen == {"ours": True, "stranger": False, "listed": True, "list_object": True}
     assert ki.running_fit_callbacks(model) is None
 
 

@@ -32,6 +32,8 @@ FILES = [
     "test_early_stopping.py",
     "test_step_schedule.py",
     "test_fit_lifecycle.py",
+    "test_changed_inputs.py",
+    "test_fit_lifecycle_data.py",
 ]
 
 

@@ -42,7 +42,8 @@ import numpy as np
 
 from resumable_scheduler import _keras_internals as ki
 from resumable_scheduler import rng, training_state
-from resumable_scheduler.data import skip_batches
+from resumable_scheduler import data
+from resumable_scheduler.data import epoch_steps, skip_batches
 from resumable_scheduler.tracker import tracker_for
 
 #: Exit status after a preemption checkpoint (128 + SIGTERM, as a shell reports it).
@@ -258,11 +259,6 @@ class ResumeMixin:
     # -- Keras hooks -----------------------------------------------------------
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self._boundary_pending:
-            self._commit(epoch, 0, rng.capture_host_rng())
-            self._boundary_pending = False
-        from resumable_scheduler import data
-
         resume, self._resume = self._resume, None
         batch = 0
         if resume is not None and resume[0]["position"]["epoch"] == epoch:
@@ -288,7 +284,7 @@ class ResumeMixin:
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._batch = batch + 1
-        steps = self.params.get("steps") if self.params else None
+        steps = epoch_steps(self)
         last = steps is not None and self._batch >= steps
         signum = self._poll_signal()
         if signum is not None:
@@ -328,7 +324,7 @@ class ResumeMixin:
     def _batch_count_done(self, epoch: int) -> bool:
         """False when `fit` left this epoch before its last batch (a mid-epoch
         preemption: its checkpoint is already written)."""
-        steps = self.params.get("steps") if self.params else None
+        steps = epoch_steps(self)
         return not (self.preempted is not None and (steps is None or self._batch < steps))
 
     def _save_now_or_at_boundary(self, last: bool) -> None:
