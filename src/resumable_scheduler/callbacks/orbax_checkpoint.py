@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,8 +28,11 @@ from resumable_scheduler.tracker import tracker_for
 
 #: The checkpointer each directory has open in this process. A `fit` that
 #: ended by an exception never reached `on_train_end`: its background write
-#: must finish before a new `fit` cleans up temporaries in the same directory.
+#: must finish before a new `fit` cleans up temporaries in the same directory,
+#: and before the program exits (`_finish_at_exit`).
 _OPEN: dict[str, Any] = {}
+_EXIT_HOOK: list[bool] = []  # registered once
+_EXITING: list[bool] = []  # the program is ending: _finish_at_exit has run
 
 GROUPS = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
 _HOST_RNG_PREFIXES = ("rng_", training_state.NOW)
@@ -293,6 +298,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
             cleanup_tmp_directories=True,
         )
         _OPEN[self.directory] = self.checkpointer
+        _register_exit_hook()
         steps = [c.step for c in self.checkpointer.checkpoints]
         self._last_step = max(steps, default=-1)
 
@@ -358,10 +364,34 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         self._resume_from(doc, arrays, apply_callbacks=False)
         self._last_step = max(self._last_step, step)
 
-    def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
+    def _release(self) -> None:
+        """A fit that raised (no `on_train_end`): finish its writes, close."""
+        if _EXITING:
+            return  # _finish_at_exit closed it already
+        try:
+            self._close()
+        except Exception as e:  # noqa: BLE001 - that fit already failed
+            warnings.warn(f"An earlier write to {self.directory!r} failed: {e}", UserWarning, stacklevel=3)
+
+    def _save_checkpoint(self, step: int, logs: dict | None = None) -> None:
+        """Saves a step now, numbered `step`, as stock `OrbaxCheckpoint` does
+        (Keras's own tests call it after `set_model`, outside `fit`).
+
+        The step records the position this callback is at (epoch 0, batch 0
+        before any fit). Outside `fit` the checkpointer is opened here; close
+        it with `self.checkpointer.close()` (or `wait_until_finished()`).
+        """
+        if self.checkpointer is None:
+            self._open()
+        self._commit(self._epoch, self._batch, None, step=int(step))
+
+    def _commit(
+        self, epoch: int, batch: int, host_rng: training_state.HostRng | None, step: int | None = None
+    ) -> None:
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
         doc, arrays = training_state.capture(model, epoch, batch, host_rng)
+        doc.update(getattr(self, "_epoch_end_extra", None) or {})
         doc.update(self._epoch_end_extra)
         doc["variables"] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
         if _process_count() > 1:
@@ -381,8 +411,9 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
             assets = ki.model_assets(model)
             if assets is not None:
                 payload[layout.ASSETS] = assets
-        step = max(doc["position"]["step"], self._last_step + 1)
-        self._last_step = step
+        if step is None:
+            step = max(doc["position"]["step"], self._last_step + 1)
+        self._last_step = max(self._last_step, step)
         with self._context:
             if self.save_on_background:
                 future = self.checkpointer.save_checkpointables_async(step, payload, force=True)
@@ -398,6 +429,45 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+def _register_exit_hook() -> None:
+    """Makes the program finish every background write before it exits.
+
+    A `fit` that raises skips `on_train_end`, so a background save may still
+    be running when the exception ends the program. Orbax's writer threads
+    then fail one by one ("cannot schedule new futures after interpreter
+    shutdown"), each with a page of traceback, and the step is left
+    unfinished. `threading._register_atexit` runs `_finish_at_exit` before
+    the thread pools shut down (`atexit` would run after them).
+    """
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK.append(True)
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover - every CPython >= 3.9 has it
+        import atexit
+
+        atexit.register(_finish_at_exit)
+    else:
+        register(_finish_at_exit)
+
+
+def _finish_at_exit() -> None:
+    """Waits for the writes of every checkpointer still open; a write that
+    failed is reported in one line, without the writer threads' tracebacks."""
+    _EXITING.append(True)
+    for directory, ckptr in list(_OPEN.items()):
+        _OPEN.pop(directory, None)
+        try:
+            ckptr.close()
+        except BaseException as e:  # noqa: BLE001 - reported in one line at exit
+            print(
+                f"rs.OrbaxCheckpoint: a background save to {directory!r} was still "
+                f"running when the program ended, and failed: {type(e).__name__}: "
+                f"{str(e)[:500]}. The newest complete step before it is intact.",
+                file=sys.stderr,
+            )
 
 
 def _process_count() -> int:
