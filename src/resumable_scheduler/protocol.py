@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -118,9 +119,11 @@ def decode_envelope(data: bytes | str, where: str | None = None) -> dict[str, An
     try:
         doc = json.loads(data, parse_constant=_reject_constant)
     except RecursionError:
+        path = _deep_path(data)
         raise ValueError(
-            f"Invalid resumable-state envelope{at}: its JSON nests deeper than "
-            f"{MAX_DEPTH} levels."
+            f"Invalid resumable-state envelope{at}: "
+            + (f"field `{path}` nests" if path is not None else "its JSON nests")
+            + f" deeper than {MAX_DEPTH} levels."
         ) from None
     except UnicodeDecodeError as e:
         raise ValueError(f"Invalid resumable-state envelope{at}: not JSON ({e.reason}).") from None
@@ -200,6 +203,37 @@ def _check_depth(doc: Any, at: str) -> None:
                         f"`{_path_name(path + (key,))}` nests deeper than {MAX_DEPTH} levels."
                     )
                 stack.append((child, path + (key,)))
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
+
+
+def _deep_path(data: bytes | str) -> str | None:
+    """The path of the first container nested deeper than `MAX_DEPTH` in a
+    JSON text too deep for `json.loads`, found without recursion (strings
+    and structural characters only; it stops there)."""
+    text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+    stack: list[list[Any]] = []  # [opening character, key or index]
+    last = '""'
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok[0] == '"':
+            last = tok
+        elif tok in "[{":
+            if len(stack) >= MAX_DEPTH:
+                return _path_name(tuple(k for _, k in stack))
+            stack.append([tok, 0 if tok == "[" else ""])
+        elif tok in "]}":
+            if stack:
+                stack.pop()
+        elif tok == ":" and stack and stack[-1][0] == "{":
+            try:
+                stack[-1][1] = json.loads(last)
+            except ValueError:
+                stack[-1][1] = last[1:-1]
+        elif tok == "," and stack and stack[-1][0] == "[":
+            stack[-1][1] += 1
+    return None
 
 
 def _path_name(path: tuple[Any, ...]) -> str:
