@@ -219,3 +219,26 @@ def test_demo_rejects_an_impossible_number_of_kills(capsys):
         demo.run_demo(kills=15, backup="stock", out=None)
     with pytest.raises(ValueError, match="Invalid value for argument `backup`"):
         demo.run_demo(backup="orbax", out=None)
+
+
+RS_BACKUP = os.path.join(ROOT, "fixtures", "rs_v1_backup")
+
+
+@pytest.mark.parametrize("path, what", [
+    (RS_KERAS, "a .keras file"),
+    (RS_H5, "a .weights.h5 file"),
+    (RS_BACKUP, "a backup directory"),
+])
+def test_inspect_step_on_a_checkpoint_without_steps_is_an_error(path, what, capsys):
+    code, out, err = run(["inspect", path, "--step", "3"], capsys)
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"resumable-scheduler inspect: error: cannot inspect {path!r}: --step 3 applies only "
+        f"to an Orbax checkpoint directory; this is {what}, which has no steps.\n"
+    )
+    with pytest.raises(ValueError, match=(
+        rf"^Invalid value for argument `step`\. Received: step=3, but '.*' is {what}, which "
+        r"holds one state: only Orbax directories have steps\.$"
+    )):
+        rs.read_state(path, step=3)

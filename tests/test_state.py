@@ -306,3 +306,26 @@ def test_begin_epoch_always_yields_a_state_that_validates(data, steps):
 def test_begin_epoch_rejects_a_bad_rate(rate):
     with pytest.raises(ValueError, match=re.escape("Invalid value for field `learning_rate` of ScheduleState.")):
         valid_state().begin_epoch(2, rate)
+
+
+def test_counts_are_bounded_to_int64():
+    assert ScheduleState.from_dict(_with(step=2**63 - 1)).step == 2**63 - 1
+    with pytest.raises(ValueError) as info:
+        ScheduleState.from_dict(_with(step=2**63))
+    assert str(info.value) == (
+        "Invalid value for field `step` of ScheduleState. Received: step=9223372036854775808. "
+        "Expected an integer >= 0 and <= 9223372036854775807 (int64)."
+    )
+    with pytest.raises(ValueError, match=re.escape("Received: epoch=1000000000000000000000000000000.")):
+        ScheduleState.from_dict(_with(epoch=10**30))
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(_with(history="x" * 10_000_000), id="huge-string"),
+    pytest.param(_with(learning_rate=[0.1] * 1_000_000), id="huge-list"),
+    pytest.param({**_with(), "y" * 1_000_000: 1}, id="huge-field-name"),
+])
+def test_messages_echo_a_bounded_part_of_a_huge_value(data):
+    with pytest.raises(ValueError) as info:
+        ScheduleState.from_dict(data)
+    assert len(str(info.value)) < 600, len(str(info.value))
