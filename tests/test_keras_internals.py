@@ -336,3 +336,208 @@ def test_epoch_input_reads_what_a_position_depends_on():
             "adapter": "PyDatasetAdapter", "batches": 7, "steps": 7,
             "steps_per_epoch": None, "steps_per_execution": 1,
         }
+
+
+# -- private Keras / Orbax / CPython names used outside _keras_internals.py ----------
+#
+# Some private names are used where they belong (a callback's `self._model`,
+# the monitor helpers its Keras base class offers) rather than through
+# _keras_internals. Each is listed here with the test that pins it, or with
+# why it is ours. `test_every_private_name_outside_internals_is_listed` scans
+# src/ and fails on any private name that Keras's callbacks, model or
+# optimizer also define and that is missing from this list.
+
+PRIVATE_OUTSIDE = {
+    # Keras's, pinned:
+    "_model": "test_pin_callback_model_attribute",
+    "_set_monitor_op": "test_pin_monitor_callback_helpers",
+    "_is_improvement": "test_pin_monitor_callback_helpers",
+    "_reset": "test_pin_reduce_lr_on_plateau_reset",
+    "_learning_rate": "test_pin_optimizer_learning_rate_slot_and_error",
+    "_initial_epoch": "test_pin_initial_epoch_is_an_instance_attribute",
+    # Keras's names that we offer or keep on our own objects:
+    "_async_futures": "test_pin_stock_orbax_readers_are_overridden",
+    "_current_epoch": "ours: rs.BackupAndRestore offers it, as Keras's own tests read it (tests/keras_contract)",
+    # Same spelling as a Keras private, but an attribute of our own objects:
+    "_iterations": "ours: RunStateMixin._iterations(), not the optimizer's `_iterations`",
+    "_lock": "ours: rs.BackupAndRestore's directory lock",
+    "_path": "ours: storage.backup_dir's checkpoint path",
+}
+#: Private names of Orbax and CPython used by src/, and their pins.
+PRIVATE_ELSEWHERE = {
+    "_CHECKPOINT_METADATA": "test_pin_orbax_step_metadata_and_tmp_suffix",
+    ".orbax-checkpoint-tmp": "test_pin_orbax_step_metadata_and_tmp_suffix",
+    "threading._register_atexit": "test_pin_threading_register_atexit",
+}
+
+
+def _src_private_names():
+    import pathlib
+    import re
+
+    src = pathlib.Path(ki.__file__).resolve().parent
+    used = {}
+    for path in src.rglob("*.py"):
+        if path.name == "_keras_internals.py":
+            continue
+        for m in re.finditer(r'(?:\.|["\'])(_[A-Za-z][A-Za-z0-9_]*)\b', path.read_text()):
+            used.setdefault(m.group(1), set()).add(path.name)
+    return src, used
+
+
+def _keras_defined_names(tmp_path):
+    model = tiny_model()
+    model.fit(np.ones((2, 20), "float32"), np.zeros((2, 10), "float32"), verbose=0)
+    objects = [
+        keras.callbacks.Callback(), keras.callbacks.EarlyStopping(), keras.callbacks.ReduceLROnPlateau(),
+        keras.callbacks.LearningRateScheduler(lambda epoch: 0.1),
+        keras.callbacks.BackupAndRestore(str(tmp_path / "b")), keras.callbacks.OrbaxCheckpoint(str(tmp_path / "o")),
+        model, model.optimizer,
+    ]
+    names = set()
+    for obj in objects:
+        names |= set(dir(obj))
+    return names
+
+
+def test_every_private_name_outside_internals_is_listed(tmp_path):
+    src, used = _src_private_names()
+    keras_names = _keras_defined_names(tmp_path)
+    unlisted = {n: sorted(f) for n, f in used.items() if n in keras_names and n not in PRIVATE_OUTSIDE}
+    assert not unlisted, (
+        f"src/ uses private names that Keras also defines, outside _keras_internals.py: {unlisted}. "
+        "Move the use into _keras_internals.py, or list it in PRIVATE_OUTSIDE with a pin."
+    )
+    import re
+
+    text = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "_keras_internals.py")
+    imports = re.findall(r"^\s*(?:from|import)\s+((?:keras\.src|orbax\.checkpoint\._src)\S*)", text, re.M)
+    assert not imports, f"import private modules only in _keras_internals.py: {imports}"
+    for name in PRIVATE_ELSEWHERE:
+        assert name.split(".")[-1] in text, f"{name} is no longer used: drop it from PRIVATE_ELSEWHERE"
+    tests = {name for name in globals() if name.startswith("test_")}
+    for why in [*PRIVATE_OUTSIDE.values(), *PRIVATE_ELSEWHERE.values()]:
+        assert why.startswith("ours:") or why in tests, why
+
+
+def test_pin_callback_model_attribute():
+    with internal("keras.callbacks.Callback keeps the model in `_model`; `.model` syncs JAX state"):
+        model = tiny_model()
+        cb = keras.callbacks.Callback()
+        cb.set_model(model)
+        assert cb._model is model and cb.model is model
+        assert isinstance(inspect.getattr_static(keras.callbacks.Callback, "model"), property)
+
+
+def test_pin_monitor_callback_helpers():
+    from keras.src.callbacks.monitor_callback import MonitorCallback
+
+    with internal("MonitorCallback._set_monitor_op / _is_improvement / monitor_op / best"):
+        for cls in (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau, keras.callbacks.OrbaxCheckpoint):
+            assert issubclass(cls, MonitorCallback), cls
+        cb = keras.callbacks.EarlyStopping(monitor="loss", mode="min", min_delta=0.5)
+        assert cb.monitor_op is None
+        cb._set_monitor_op()
+        assert cb.monitor_op is not None
+        assert cb._is_improvement(1.0, None)  # no best yet: any value improves
+        assert cb._is_improvement(1.0, 2.0) and not cb._is_improvement(1.8, 2.0)  # min_delta
+        up = keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max")
+        up._set_monitor_op()
+        assert up._is_improvement(0.9, 0.5)
+        # rs.OrbaxCheckpoint runs MonitorCallback.__init__ only (skipping the
+        # stock __init__, which opens a checkpointer): its signature.
+        params = list(inspect.signature(MonitorCallback.__init__).parameters)
+        assert params[:4] == ["self", "monitor", "mode", "baseline"]
+        assert keras.callbacks.OrbaxCheckpoint.__mro__[1] is MonitorCallback
+        o = rs.OrbaxCheckpoint("unused_dir", monitor="loss", mode="max", initial_value_threshold=3.0)
+        assert (o.monitor, o.mode, o.best) == ("loss", "max", 3.0)
+
+
+def test_pin_reduce_lr_on_plateau_reset():
+    with internal("keras.callbacks.ReduceLROnPlateau._reset (best, cooldown_counter, wait)"):
+        cb = keras.callbacks.ReduceLROnPlateau()
+        cb.best, cb.cooldown_counter, cb.wait = 0.5, 2, 3
+        cb._reset()
+        assert (cb.best, cb.cooldown_counter, cb.wait) == (None, 0, 0)
+
+
+def test_pin_optimizer_learning_rate_slot_and_error():
+    from resumable_scheduler import lr_access
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    opt = keras.optimizers.SGD(schedule)
+    with internal("BaseOptimizer._learning_rate holds the schedule; its setter's TypeError text"):
+        assert opt._learning_rate is schedule
+        with pytest.raises(TypeError) as stock:
+            opt.learning_rate = 0.1
+        assert str(stock.value) == lr_access.KERAS_SCHEDULE_NOT_SETTABLE
+    with pytest.raises(TypeError) as ours:
+        lr_access.set_rate(opt, 0.1)
+    assert str(ours.value).startswith(lr_access.KERAS_SCHEDULE_NOT_SETTABLE + " ")
+    assert "ExponentialDecay" in str(ours.value) and "rs.StepSchedule" in str(ours.value)
+
+
+def test_pin_initial_epoch_is_an_instance_attribute():
+    with internal("Trainer._initial_epoch: an instance attribute that fit() reads and never resets"):
+        model = tiny_model()
+        epochs = []
+
+        class Probe(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                if not epochs:
+                    self._model._initial_epoch = 1  # what rs callbacks do (_resume.py)
+
+            def on_epoch_begin(self, epoch, logs=None):
+                epochs.append(epoch)
+
+        x, y = np.ones((2, 20), "float32"), np.zeros((2, 10), "float32")
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
+        assert epochs == [1] and model.__dict__.get("_initial_epoch") == 1
+        # Left set, it moves the next fit too: why _resume.py clears its own.
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
+        assert epochs == [1, 1]
+
+
+def test_pin_stock_orbax_readers_are_overridden():
+    with internal("keras.callbacks.OrbaxCheckpoint's uses of `_async_futures` / `checkpointer`"):
+        stock = keras.callbacks.OrbaxCheckpoint
+        readers = [
+            name for name, fn in vars(stock).items()
+            if inspect.isfunction(fn) and "_async_futures" in inspect.getsource(fn) and name != "__init__"
+        ]
+        assert readers
+        for name in readers:  # ours keeps its own list: every stock reader is replaced
+            assert getattr(rs.OrbaxCheckpoint, name) is not getattr(stock, name), name
+        params = list(inspect.signature(stock._save_checkpoint).parameters)
+        assert params == list(inspect.signature(rs.OrbaxCheckpoint._save_checkpoint).parameters) == ["self", "step", "logs"]
+
+
+def test_pin_orbax_step_metadata_and_tmp_suffix(tmp_path):
+    import os
+
+    from resumable_scheduler.storage import orbax_dir
+
+    with internal("orbax-checkpoint: step metadata file name and temporary-folder suffix"):
+        from orbax.checkpoint._src.metadata import checkpoint as ocp_metadata
+        from orbax.checkpoint._src.path import atomicity_types
+
+        assert ocp_metadata._STEP_METADATA_FILENAME == orbax_dir.STEP_METADATA
+        assert atomicity_types.TMP_DIR_SUFFIX == orbax_dir.TMP_SUFFIX
+        cb = rs.OrbaxCheckpoint(tmp_path, save_on_background=False)
+        cb.set_model(tiny_model())
+        cb._save_checkpoint(3)
+        cb.checkpointer.close()
+        assert os.path.isfile(tmp_path / "3" / orbax_dir.STEP_METADATA)
+        assert orbax_dir.is_step_dir(str(tmp_path / "3")) and orbax_dir.complete_steps(str(tmp_path)) == [3]
+
+
+def test_pin_threading_register_atexit():
+    import concurrent.futures.thread  # noqa: F401 - registers its own hook first
+    import threading
+
+    with internal("CPython threading._register_atexit (runs before thread pools shut down)"):
+        assert callable(threading._register_atexit)
+        assert any(
+            getattr(getattr(f, "func", None), "__module__", "") == "concurrent.futures.thread"
+            for f in threading._threading_atexits
+        )

@@ -35,6 +35,13 @@ MODEL_CONFIG = "model_config"
 ASSETS = "assets"
 STATE = "resumable_state"
 ARRAYS = "resumable_arrays"
+#: Orbax's own names, private to Orbax (pinned by tests/test_keras_internals.py):
+#: the file that marks a finished step folder
+#: (`orbax.checkpoint._src.metadata.checkpoint._STEP_METADATA_FILENAME`), and
+#: the suffix of a step folder still being written
+#: (`orbax.checkpoint._src.path.atomicity_types.TMP_DIR_SUFFIX`).
+STEP_METADATA = "_CHECKPOINT_METADATA"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"
 _MISSING = (
     "Orbax checkpoints need the `orbax-checkpoint` package, which is not installed: "
     "pip install orbax-checkpoint"
@@ -63,7 +70,7 @@ def context() -> Any:
 def is_orbax_dir(path: str) -> bool:
     """True if `path` holds Orbax step folders (complete or not), or is one."""
     return is_step_dir(path) or any(
-        (name.isdigit() or ".orbax-checkpoint-tmp" in name) and os.path.isdir(os.path.join(path, name))
+        (name.isdigit() or TMP_SUFFIX in name) and os.path.isdir(os.path.join(path, name))
         for name in os.listdir(path)
     )
 
@@ -71,7 +78,7 @@ def is_orbax_dir(path: str) -> bool:
 def is_step_dir(path: str) -> bool:
     """True if `path` is one complete step folder (such as `directory/120`)."""
     return os.path.basename(os.path.normpath(path)).isdigit() and os.path.exists(
-        os.path.join(path, "_CHECKPOINT_METADATA")
+        os.path.join(path, STEP_METADATA)
     )
 
 
