@@ -116,8 +116,8 @@ def commit(directory: str, save: Callable[[Any], None]) -> str:
         try:
             save(buffer)
             try:
-                with open(tmp, "xb") as f:
-                    f.write(buffer.getbuffer())
+                with open(tmp, "xb") as f, buffer.getbuffer() as view:
+                    f.write(view)
             except OSError as e:
                 reason = " ".join(str(e.strerror or e).split())[:300]
                 raise OSError(
