@@ -137,6 +137,13 @@ def vlen_envelope(f):
     f.create_dataset(ENVELOPE, data=text, dtype=h5py.string_dtype())
 
 
+def petabyte_envelope(f):
+    """An envelope whose header claims 2**50 bytes (unallocated chunks read
+    as fill value): the file stays small, reading it would not."""
+    del f[ENVELOPE]
+    f.create_dataset(ENVELOPE, shape=(2**50,), dtype=np.uint8, chunks=(1024,))
+
+
 def position(**values):
     def change(doc):
         doc["position"] = {"epoch": 0, "batch": 0, "step": 0, **values}
@@ -168,6 +175,9 @@ CASES = [
      ["field `callbacks.Deep[0][0]", "nests deeper than 32 levels"]),
     ("vlen-string-envelope", ("h5", "keras", "backup"), vlen_envelope,
      ["Invalid dataset `_resumable_scheduler_state/vars/envelope`", "dtype is object"]),
+    ("petabyte-envelope", ("h5", "keras", "backup"), petabyte_envelope,
+     ["Invalid dataset `_resumable_scheduler_state/vars/envelope`", "claims 1125899906842624 bytes",
+      "more than its file holds"]),
     ("step-10**30", ("h5", "keras", "backup"), with_envelope(scheduler_field("step", 10**30)),
      ["`callbacks.LearningRateScheduler`", "field `step`", "step=1000000000000000000000000000000",
       "<= 9223372036854775807"]),

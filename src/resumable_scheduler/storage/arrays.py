@@ -15,20 +15,21 @@ from resumable_scheduler.storage import h5
 from resumable_scheduler.tracker import split_arrays
 
 
-def _from_h5file(f: Any, where: str) -> dict[str, dict[str, np.ndarray]]:
+def _from_h5file(f: Any, where: str, max_bytes: int) -> dict[str, dict[str, np.ndarray]]:
     group = h5.state_group(f, where)
     if group is None:
         return {}
-    return split_arrays(_Store(group, where))
+    return split_arrays(_Store(group, where, max_bytes))
 
 
 class _Store:
     """The two methods of a Keras store that `split_arrays` uses; every
     dataset is read by `h5.read_array` (plain numeric dtypes only)."""
 
-    def __init__(self, group: Any, where: str) -> None:
+    def __init__(self, group: Any, where: str, max_bytes: int) -> None:
         self._group = group
         self._where = where
+        self._max_bytes = max_bytes
 
     def keys(self) -> Any:
         try:
@@ -37,7 +38,7 @@ class _Store:
             raise ValueError(f"Cannot list `{h5.GROUP}` in {self._where!r}: {type(e).__name__}.") from None
 
     def __getitem__(self, key: str) -> np.ndarray:
-        return h5.read_array(self._group, key, self._where)
+        return h5.read_array(self._group, key, self._where, self._max_bytes)
 
 
 def read_arrays(source: str) -> dict[str, dict[str, np.ndarray]]:
@@ -48,9 +49,9 @@ def read_arrays(source: str) -> dict[str, dict[str, np.ndarray]]:
     is a `ValueError` naming it and the dataset.
     """
     if source.endswith(".keras"):
-        with h5.open_keras_weights(source) as f:
-            return {} if f is None else _from_h5file(f, source)
+        with h5.open_keras_weights(source) as (f, size):
+            return {} if f is None else _from_h5file(f, source, size)
     if source.endswith(".h5"):
         with h5.open_h5(source) as f:
-            return _from_h5file(f, source)
+            return _from_h5file(f, source, h5.file_size(source, source))
     return {}

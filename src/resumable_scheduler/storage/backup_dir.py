@@ -150,16 +150,17 @@ def read_checkpoint(path: str) -> Checkpoint:
             f"Corrupt checkpoint file {path!r}: its CRC-32 is {actual:08x}, its "
             f"name says {m.group(2)} (truncated or garbled)."
         )
+    size = h5.file_size(path, path)
     with h5.open_h5(path) as f:
         group = h5.state_group(f, path)
         if group is None:
             raise ValueError(f"Unreadable checkpoint file {path!r}: no `{h5.GROUP}/envelope` dataset.")
-        doc = decode_envelope(h5.envelope_bytes(group, path), where=path)
+        doc = decode_envelope(h5.envelope_bytes(group, path, size), where=path)
         try:
             names = [k for k in group.keys() if k.startswith(TRAINING_PREFIX)]
         except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
             raise ValueError(f"Unreadable checkpoint file {path!r}: {type(e).__name__}: {short_name(e, 300)}") from None
-        arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, path) for k in names}
+        arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, path, size) for k in names}
     for key in ("position", "rng"):
         if not isinstance(doc.get(key), dict):
             raise ValueError(f"Unreadable checkpoint file {path!r}: no valid `{key}` entry.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -37,13 +38,15 @@ def _error_text(e: BaseException) -> str:
     return short_name(" ".join(str(e).split()) or type(e).__name__, 300)
 
 
-def read_array(group: Any, name: str, where: str) -> np.ndarray:
+def read_array(group: Any, name: str, where: str, max_bytes: int | None = None) -> np.ndarray:
     """The dataset `name` of `group` as a NumPy array, if it is a plain
     numeric one (bool, int, uint or float); raises `ValueError` otherwise.
 
     Object, variable-length string, compound and reference dtypes are
     refused before any data is read, so nothing in the file is decoded
-    beyond plain numbers.
+    beyond plain numbers. So is a dataset that claims more than `max_bytes`
+    (the size of its file: Keras writes every byte it stores, while a crafted
+    header could claim terabytes of fill value).
     """
     field = f"{group.name.lstrip('/')}/{name}"
     try:
@@ -61,15 +64,21 @@ def read_array(group: Any, name: str, where: str) -> np.ndarray:
             f"Invalid dataset `{short_name(field)}` in {where!r}: its dtype is "
             f"{short_name(dtype)}. Expected a plain numeric dtype (bool, int, uint or float)."
         )
+    nbytes = int(np.prod(obj.shape, dtype=object)) * dtype.itemsize if obj.shape is not None else 0
+    if max_bytes is not None and nbytes > max_bytes:
+        raise ValueError(
+            f"Invalid dataset `{short_name(field)}` in {where!r}: shape {short_name(obj.shape)} "
+            f"claims {nbytes} bytes, more than its file holds ({max_bytes} bytes)."
+        )
     try:
         return np.asarray(obj[()])
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"Cannot read the dataset `{short_name(field)}` in {where!r}: {_error_text(e)}") from None
 
 
-def envelope_bytes(group: Any, where: str) -> bytes:
+def envelope_bytes(group: Any, where: str, max_bytes: int | None = None) -> bytes:
     """The JSON bytes of the envelope dataset in `group`."""
-    arr = read_array(group, DATASET, where)
+    arr = read_array(group, DATASET, where, max_bytes)
     if arr.dtype != np.uint8 or arr.ndim != 1:
         raise ValueError(
             f"Invalid dataset `{GROUP}/{DATASET}` in {where!r}: dtype {arr.dtype}, "
@@ -98,11 +107,19 @@ def state_group(f: h5py.File, where: str) -> Any | None:
     return group
 
 
-def _from_h5file(f: h5py.File, where: str) -> dict[str, Any] | None:
+def _from_h5file(f: h5py.File, where: str, max_bytes: int) -> dict[str, Any] | None:
     group = state_group(f, where)
     if group is None:
         return None
-    return decode_envelope(envelope_bytes(group, where), where=where)
+    return decode_envelope(envelope_bytes(group, where, max_bytes), where=where)
+
+
+def file_size(path: str, where: str) -> int:
+    """The size of `path` in bytes (a `ValueError` naming `where` if unreadable)."""
+    try:
+        return os.path.getsize(path)
+    except OSError as e:
+        raise ValueError(f"Cannot read the HDF5 file {where!r}: {_error_text(e)}") from None
 
 
 @contextlib.contextmanager
@@ -121,9 +138,10 @@ def open_h5(path: str, where: str | None = None) -> Iterator[h5py.File]:
 
 
 @contextlib.contextmanager
-def open_keras_weights(path: str) -> Iterator[h5py.File | None]:
+def open_keras_weights(path: str) -> Iterator[tuple[h5py.File | None, int]]:
     """The `model.weights.h5` inside a `.keras` archive, opened for reading
-    (None if the archive has none); failures are `ValueError`s naming both."""
+    (None if the archive has none), and its size in bytes; failures are
+    `ValueError`s naming both."""
     try:
         with zipfile.ZipFile(path) as zf:
             if KERAS_WEIGHTS not in zf.namelist():
@@ -133,19 +151,19 @@ def open_keras_weights(path: str) -> Iterator[h5py.File | None]:
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError) as e:
         raise ValueError(f"Cannot read the .keras file {path!r}: {_error_text(e)}") from None
     if data is None:
-        yield None
+        yield None, 0
         return
     with open_h5(io.BytesIO(data), where=f"{path}/{KERAS_WEIGHTS}") as f:
-        yield f
+        yield f, len(data)
 
 
 def read_envelope_h5(path: str) -> dict[str, Any] | None:
     """The envelope in a `.weights.h5` file, or None if it has none."""
     with open_h5(path) as f:
-        return _from_h5file(f, path)
+        return _from_h5file(f, path, file_size(path, path))
 
 
 def read_envelope_keras(path: str) -> dict[str, Any] | None:
     """The envelope in a `.keras` archive (its `model.weights.h5`), or None."""
-    with open_keras_weights(path) as f:
-        return None if f is None else _from_h5file(f, path)
+    with open_keras_weights(path) as (f, size):
+        return None if f is None else _from_h5file(f, path, size)
