@@ -73,8 +73,14 @@ def commit_file(
         os.rename(tmp, final)
         fsync_dir(parent)
     except BaseException:
-        if os.path.exists(tmp):
+        # The temporary goes on every error path; failing to remove it (the
+        # next start removes it) must not hide the error that got us here.
+        try:
             os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            warnings.warn(f"Could not remove the unfinished checkpoint {tmp!r}: {e}.", UserWarning, stacklevel=2)
         raise
     return final
 
