@@ -93,3 +93,17 @@ def test_a_background_save_failing_at_exit_is_one_line(tmp_path):
     assert "RuntimeError: user error at batch 2" in err
     lines = [line for line in err.splitlines() if line.startswith("rs.OrbaxCheckpoint:")]
     assert len(lines) == 1 and "OSError: No space left on device (simulated)" in lines[0], err[-3000:]
+
+
+def test_an_invalid_save_freq_starts_with_keras_own_sentence(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError) as stock:
+        keras.callbacks.OrbaxCheckpoint(str(tmp_path / "stock"), save_freq="invalid")
+    keras_sentence = str(stock.value)
+    assert keras_sentence == "Unrecognized save_freq: invalid. Expected save_freq are 'epoch' or integer values"
+    for bad in ("invalid", 0, 2.5):  # stock accepts 0; we need at least one batch
+        with pytest.raises(ValueError) as ours:
+            rs.OrbaxCheckpoint(tmp_path / "ours", save_freq=bad)
+        assert str(ours.value).startswith(keras_sentence.replace("invalid", str(bad)) + " ("), str(ours.value)
+        assert "an integer >= 1" in str(ours.value)

@@ -152,7 +152,15 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 "Invalid value for argument `directory`. "
                 f"Received: directory={directory!r}. Expected a non-empty path."
             )
-        check_save_freq(save_freq)
+        try:
+            check_save_freq(save_freq)
+        except ValueError:
+            # Keras's own sentence (keras.callbacks.OrbaxCheckpoint), then ours.
+            raise ValueError(
+                f"Unrecognized save_freq: {str(save_freq)[:100]}. Expected save_freq are 'epoch' "
+                "or integer values (rs.OrbaxCheckpoint: an integer >= 1, the number of "
+                "batches between saves)."
+            ) from None
         if max_to_keep is not None and (isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ValueError(
                 "Invalid value for argument `max_to_keep`. "
