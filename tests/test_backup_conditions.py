@@ -61,7 +61,7 @@ def test_truncated_newest_without_fallback_raises_and_keeps_files(tmp_path):
     newest = _truncate_newest(d)
     before = sorted(os.listdir(d))
     model = make_model()
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(ValueError) as e:
         fit(model, [rs.BackupAndRestore(d, save_freq=1)])
     msg = str(e.value)
     assert newest in msg and "truncated or garbled" in msg
@@ -78,7 +78,7 @@ def test_garbled_newest_is_detected_by_its_checksum(tmp_path):
         byte = f.read(1)
         f.seek(-1, 1)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(RuntimeError, match=re.escape(newest) + ".*truncated or garbled"):
+    with pytest.raises(ValueError, match=re.escape(newest) + ".*truncated or garbled"):
         fit(make_model(), [rs.BackupAndRestore(d, save_freq=2)])
 
 

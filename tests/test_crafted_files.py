@@ -268,9 +268,9 @@ def test_backup_and_restore_refuses_a_crafted_backup_at_fit_start(originals, tmp
     before = snapshot(tmp_path)
     model = make_model()
     weights = [w.copy() for w in model.get_weights()]
-    # rs.BackupAndRestore reports an unusable backup_dir as a RuntimeError
-    # that carries the file's ValueError.
-    with pytest.raises(RuntimeError) as info:
+    # rs.BackupAndRestore reports an unusable backup_dir as a ValueError
+    # that carries the file's.
+    with pytest.raises(ValueError) as info:
         model.fit(X, Y, epochs=4, batch_size=4, verbose=0,
                   callbacks=[scheduler(), rs.BackupAndRestore(d)])
     message = str(info.value)
@@ -319,7 +319,7 @@ def test_a_crafted_rng_state_is_refused_on_every_read_path(originals, tmp_path, 
     # Today's IndexError / ValueError came from inside fit, after the weights
     # were loaded; now the file is refused before anything is applied.
     model = make_model()
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(ValueError) as info:
         model.fit(X, Y, epochs=4, batch_size=4, verbose=0, callbacks=[rs.BackupAndRestore(d)])
     check_message(str(info.value), ckpt, fragments)
     assert snapshot(tmp_path) == before

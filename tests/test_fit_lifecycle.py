@@ -299,10 +299,24 @@ def test_orbax_rerun_into_a_finished_directory_warns_instead_of_silently_trainin
     d = os.fspath(tmp_path / "ckpt")
     model = make_model()
     fit(model, [rs.LearningRateScheduler(documented_schedule), rs.OrbaxCheckpoint(d)], epochs=3)
+    # The same script again: the run is finished; nothing is trained, and it says so.
     seen = Epochs()
-    with pytest.warns(UserWarning, match=r"OrbaxCheckpoint: the checkpoint resumes at epoch 3, batch 0, which is at or past `epochs`=1: this fit trains nothing"):
-        fit(make_model(), [rs.OrbaxCheckpoint(d), seen], epochs=1)
+    with pytest.warns(UserWarning, match=r"OrbaxCheckpoint: the checkpoint resumes at epoch 3, batch 0, which is at or past `epochs`=3: this fit trains nothing"):
+        fit(make_model(), [rs.OrbaxCheckpoint(d), seen], epochs=3)
     assert seen.seen == []
+    # Keras's own scenario: load_model(dir), then fit(epochs=1) into it. The
+    # run there is past `epochs`: as stock, the loaded model trains one epoch
+    # and its steps follow the newest; warned.
+    from resumable_scheduler.storage import orbax_dir
+
+    before = orbax_dir.complete_steps(d)
+    loaded = keras.models.load_model(d)
+    seen = Epochs()
+    with pytest.warns(UserWarning, match=r"OrbaxCheckpoint: the newest step \(15\) .* is at epoch 3, batch 0, past `epochs`=1: not resuming it"):
+        loaded.fit(X, Y, epochs=1, batch_size=1, verbose=0, callbacks=[rs.OrbaxCheckpoint(d), seen])
+    assert seen.seen == [0]
+    after = orbax_dir.complete_steps(d)
+    assert before == [15] and after == [20]  # max_to_keep=1 keeps the newest
 
 
 def test_a_dropped_failed_fit_never_releases_the_lock_of_a_later_fit(tmp_path):

@@ -192,3 +192,23 @@ def test_a_save_that_hits_the_file_size_limit_fails_cleanly(tmp_path):
     assert lines[1] == "open HDF5 files, groups and datasets: 0"
     assert "Traceback" not in proc.stderr and "Can't decrement" not in proc.stderr, proc.stderr[-3000:]
     assert sorted(os.listdir(d)) == [".lock"]  # no checkpoint, no temporary
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"step": 2**40}, "step=1099511627776 does not fit the optimizer's `iterations` variable (int"),
+    ({"learning_rate": 1e300}, "learning_rate=1e+300 does not fit optimizer"),
+])
+def test_a_restored_state_that_does_not_fit_the_optimizer_is_refused_before_training(change, fragment):
+    from tests.resume_helpers import X, Y, make_model
+
+    model = make_model()
+    model.fit(X, Y, epochs=1, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    cb = rs.LearningRateScheduler(lambda e, lr: lr)
+    state = rs.ScheduleState(epoch=1, step=1, learning_rate=0.01, initial_learning_rate=0.01, history=(0.01,)).to_dict()
+    state.update(change)
+    cb.set_state(state)
+    with pytest.raises(ValueError) as e:
+        model.fit(X, Y, epochs=3, initial_epoch=1, verbose=0, callbacks=[cb])
+    assert fragment in str(e.value) and "Nothing was changed" in str(e.value)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))

@@ -325,8 +325,8 @@ def test_same_arguments_as_stock():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    ({"save_freq": 3.5}, "Received: save_freq=3.5. Expected either 'epoch' or an integer value."),
-    ({"save_freq": 0}, "Received: save_freq=0."),
+    ({"save_freq": 3.5}, "Unrecognized save_freq: 3.5. Expected save_freq are 'epoch' or integer values. Received: save_freq=3.5. Expected either 'epoch' or an integer value >= 1"),
+    ({"save_freq": 0}, "Unrecognized save_freq: 0. Expected save_freq are 'epoch' or integer values. Received: save_freq=0."),
     ({"max_to_keep": 0}, "Received: max_to_keep=0."),
     ({"directory": ""}, "Invalid value for argument `directory`"),
 ])

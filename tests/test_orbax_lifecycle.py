@@ -105,5 +105,5 @@ def test_an_invalid_save_freq_starts_with_keras_own_sentence(tmp_path):
     for bad in ("invalid", 0, 2.5):  # stock accepts 0; we need at least one batch
         with pytest.raises(ValueError) as ours:
             rs.OrbaxCheckpoint(tmp_path / "ours", save_freq=bad)
-        assert str(ours.value).startswith(keras_sentence.replace("invalid", str(bad)) + " ("), str(ours.value)
-        assert "an integer >= 1" in str(ours.value)
+        assert str(ours.value).startswith(keras_sentence.replace("invalid", str(bad)) + ". Received: "), str(ours.value)
+        assert f"Received: save_freq={bad!r}. Expected either 'epoch' or an integer value >= 1" in str(ours.value)

@@ -198,6 +198,12 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         paths = layout.list_checkpoints(self.backup_dir)
         return paths[-2] if len(paths) > 1 else None
 
+    @property
+    def _last_batch_seen(self) -> int:
+        """The index of the last batch whose end this epoch has seen (0 at
+        an epoch's start), as stock counts it."""
+        return max(self._batch - 1, 0)
+
     # Our position lives in the same file as the weights (one atomic commit).
     _training_metadata_path = _weights_path
     _prev_training_metadata_path = _prev_weights_path
@@ -235,7 +241,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             return ckpt
         if errors:
             self._lock.release()
-            raise RuntimeError(
+            raise ValueError(
                 f"No usable checkpoint in backup_dir={self.backup_dir!r}: "
                 + "; ".join(errors)
                 + ". Nothing was changed. To start training over from scratch, "
@@ -266,7 +272,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             model.load_weights(weights)
         except (OSError, KeyError, TypeError, ValueError) as e:
             self._lock.release()
-            raise RuntimeError(
+            raise ValueError(
                 f"backup_dir={self.backup_dir!r} holds a stock Keras backup that "
                 f"cannot be read ({e}). Nothing was changed. To start training over "
                 f"from scratch, delete {self.backup_dir!r}."

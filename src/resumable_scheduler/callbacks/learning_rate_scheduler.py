@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from resumable_scheduler._keras_internals import print_msg, sync_model_state
-from resumable_scheduler.lr_access import current_rate, get_rate, read_scalar, set_rate
-from resumable_scheduler.protocol import to_python_float
+from resumable_scheduler.lr_access import current_rate, get_rate, read_scalar, set_rate, step_schedule_of
+from resumable_scheduler.protocol import float_max, to_python_float
 from resumable_scheduler.state import ScheduleState, checked_replace
 from resumable_scheduler.tracker import tracker_for
 
@@ -53,6 +54,35 @@ def _has_learning_rate(optimizer: Any) -> bool:
     return isinstance(getattr(type(optimizer), "learning_rate", None), property) or hasattr(
         optimizer, "learning_rate"
     )
+
+
+def _rate_limit(opt: Any) -> tuple[float | None, str]:
+    """The largest rate `opt`'s learning-rate variable (or `rs.StepSchedule`
+    base) can hold, and its dtype name."""
+    holder = step_schedule_of(opt)
+    dtype = getattr(holder if holder is not None else getattr(opt, "learning_rate", None), "dtype", None)
+    name = keras.backend.standardize_dtype(dtype or keras.config.floatx())
+    return float_max(name), name
+
+
+def _check_fits(state: ScheduleState, opts: list[Any], rates: tuple[float, ...], top: Any) -> None:
+    """Raises `ValueError` (changing nothing) when a restored step or rate
+    does not fit the optimizer's variables: `iterations` is int32 on JAX, the
+    rate float32 (a crafted state could hold 2**40 or 1e300)."""
+    dtype = np.dtype(keras.backend.standardize_dtype(top.iterations.dtype))
+    if np.issubdtype(dtype, np.integer) and state.step > np.iinfo(dtype).max:
+        raise ValueError(
+            f"Invalid restored state: step={state.step} does not fit the optimizer's "
+            f"`iterations` variable ({dtype.name}, at most {np.iinfo(dtype).max}). "
+            "Nothing was changed."
+        )
+    for opt, rate in zip(opts, rates):
+        most, name = _rate_limit(opt)
+        if most is not None and rate > most:
+            raise ValueError(
+                f"Invalid restored state: learning_rate={rate!r} does not fit optimizer "
+                f"{opt.name}'s learning rate ({name}, at most {most:.8g}). Nothing was changed."
+            )
 
 
 class LearningRateScheduler(keras.callbacks.Callback):
@@ -176,10 +206,11 @@ class LearningRateScheduler(keras.callbacks.Callback):
             return
         opts = self._optimizers()
         rates = self._state.optimizer_learning_rates or (self._state.learning_rate,)
+        top = self._model.optimizer
+        _check_fits(self._state, opts, rates, top)
         for opt, rate in zip(opts, rates):
             set_rate(opt, rate)
         # A freshly compiled optimizer restarts at step 0; the state knows better.
-        top = self._model.optimizer
         if int(read_scalar(top.iterations)) != self._state.step:
             top.iterations.assign(self._state.step)
         self._pending_apply = False
@@ -221,18 +252,13 @@ class LearningRateScheduler(keras.callbacks.Callback):
             )
         # Finite as a Python float is not enough: the optimizer's rate variable
         # (float32, bfloat16...) would hold inf.
-        from resumable_scheduler.lr_access import step_schedule_of
-        from resumable_scheduler.protocol import float_max
-
         opts = self._optimizers()
         opt = next((o for o in opts if opt_name is not None and o.name == opt_name), opts[0])
-        holder = step_schedule_of(opt)
-        dtype = getattr(holder if holder is not None else getattr(opt, "learning_rate", None), "dtype", None)
-        most = float_max(dtype if dtype is not None else keras.config.floatx())
+        most, name = _rate_limit(opt)
         if most is not None and value > most:
             raise ValueError(
                 f"The output of the `schedule` function {_where(epoch, opt_name)} should be a finite "
-                f"learning rate >= 0 that the optimizer's {keras.backend.standardize_dtype(dtype or keras.config.floatx())} "
+                f"learning rate >= 0 that the optimizer's {name} "
                 f"learning rate can hold (at most {most:.8g}). Got: {value!r}."
             )
         return value

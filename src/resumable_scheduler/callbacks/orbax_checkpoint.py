@@ -158,8 +158,8 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
             # Keras's own sentence (keras.callbacks.OrbaxCheckpoint), then ours.
             raise ValueError(
                 f"Unrecognized save_freq: {str(save_freq)[:100]}. Expected save_freq are 'epoch' "
-                "or integer values (rs.OrbaxCheckpoint: an integer >= 1, the number of "
-                "batches between saves)."
+                f"or integer values. Received: save_freq={save_freq!r:.100}. Expected either "
+                "'epoch' or an integer value >= 1 (the number of batches between saves)."
             ) from None
         if max_to_keep is not None and (isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ValueError(
@@ -236,11 +236,33 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         self._open()
         tracker_for(model).steps = self.params.get("steps") if self.params else None
         found = self._newest_resumable()
-        if found is not None:
+        epochs = self.params.get("epochs") if self.params else None
+        if found is not None and isinstance(epochs, int) and found[1]["position"]["epoch"] > epochs:
+            self._train_past_a_longer_run(*found, epochs)
+        elif found is not None:
             self._load(*found)
         else:
             self._start_fresh()
         self._install_handlers()
+
+    def _train_past_a_longer_run(self, step: int, doc: dict[str, Any], epochs: int) -> None:
+        """The directory's run already trained more epochs than this `fit` asks
+        for (`keras.models.load_model(directory)`, then `fit(epochs=1)` into
+        it): not a rerun of the same script. As stock, train the model as
+        given, with new steps after the newest; warn, never silently."""
+        position = doc["position"]
+        warnings.warn(
+            f"OrbaxCheckpoint: the newest step ({step}) in directory={self.directory!r} "
+            f"is at epoch {position['epoch']}, batch {position['batch']}, past "
+            f"`epochs`={epochs}: not resuming it. As keras.callbacks.OrbaxCheckpoint "
+            f"does, this fit trains the model as given and numbers its steps after "
+            f"{step}. To continue that run instead, pass "
+            f"epochs > {position['epoch']}.",
+            UserWarning,
+            stacklevel=3,
+        )
+        self._last_step = max(self._last_step, step)
+        self._start_fresh()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
@@ -343,7 +365,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 )
             return step, doc
         if errors:
-            raise RuntimeError(
+            raise ValueError(
                 f"No usable checkpoint in directory={self.directory!r}: " + "; ".join(errors)
                 + ". Nothing was changed. To start training over from scratch, delete "
                 f"{self.directory!r} (or its step folders)."
