@@ -45,8 +45,11 @@ CHILD = textwrap.dedent(
     directory, mode = sys.argv[1], sys.argv[2]
 
     class Boom(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 2:
+        # Batch *begin* runs on the main thread, in order (Keras may run
+        # batch-end hooks in a thread pool): the save after batch 2 is in
+        # flight when this raises.
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 3:
                 if mode == "write_fails":  # the write in flight fails
                     finish = type(ckpt.checkpointer).close
                     def close(self):
