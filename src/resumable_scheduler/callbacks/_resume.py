@@ -3,11 +3,14 @@ the resumed epoch, the save schedule, and preemption.
 
 `ResumeMixin` is mixed into a Keras checkpoint callback. It keeps the
 epoch/batch position, decides when a checkpoint falls due (every epoch or
-every `save_freq` batches), defers an epoch-end checkpoint until every
-callback has finished the epoch (it is committed at the start of the next
-epoch, or at the end of `fit`), re-creates a resumed epoch (the host RNG of
-its start, the metric accumulators, the batches to skip), and turns SIGTERM
-(or any of `preemption_signals`) into "finish this batch, checkpoint, stop".
+every `save_freq` batches), commits an epoch-end checkpoint in its own
+`on_epoch_end` with the epoch's logs and the resumable callbacks listed
+after it (a resumed run replays their `on_epoch_end`, so neither an
+exception in a later callback nor the order of the list loses or changes
+anything), re-creates a resumed epoch (the host RNG of its start, the metric
+accumulators, the batches to skip), turns SIGTERM (or any of
+`preemption_signals`) into "finish this batch, checkpoint, stop", and undoes
+what a `fit` that raised left installed (Keras skips `on_train_end` then).
 
 The host class provides the storage:
 
@@ -160,7 +163,7 @@ class ResumeMixin:
                 "this fit trains nothing"
                 + (
                     f" (the interrupted run was started with epochs={self._run_epochs})"
-                    if self._run_epochs else ""
+                    if self._run_epochs and self._run_epochs != epochs else ""
                 )
                 + ". Pass a larger `epochs` to train on; the checkpoint is kept.",
                 UserWarning,
