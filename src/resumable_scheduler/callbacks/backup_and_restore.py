@@ -18,8 +18,8 @@ from resumable_scheduler.callbacks._resume import (
     check_save_freq,
     check_signals,
 )
-from resumable_scheduler.storage import atomic
 from resumable_scheduler.storage import backup_dir as layout
+from resumable_scheduler.storage.store import store_for
 from resumable_scheduler.tracker import tracker_for
 
 __all__ = ["PREEMPTED_EXIT_CODE", "BackupAndRestore"]
@@ -132,7 +132,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         self.exit_on_preemption = exit_on_preemption
         self.preemption_exit_code = preemption_exit_code
         self.preempted: int | None = None
-        self._lock = atomic.DirLock(self.backup_dir)
+        self._store = store_for(self.backup_dir)
         self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
@@ -152,7 +152,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         ckpt = self._newest_usable()
         if ckpt is not None:
             self._load(ckpt)
-        elif os.path.exists(os.path.join(self.backup_dir, layout.STOCK_WEIGHTS)):
+        elif self._store.exists(layout.STOCK_WEIGHTS):
             self._load_stock()
         else:
             self._start_fresh()
@@ -168,35 +168,36 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             self._end_position()
         finally:
             self._restore_handlers()
-            self._lock.release()
+            self._store.close()
         if self._exit_if_preempted():
             return
-        if self.delete_checkpoint and os.path.exists(self.backup_dir) and self._should_delete_at_end():
-            import shutil
-
-            shutil.rmtree(self.backup_dir)
+        if self.delete_checkpoint and self._should_delete_at_end():
+            self._store.remove_all()
 
     def _release(self) -> None:
         # Called when a fit that raised is dropped: the lock may have been
         # taken over since by another callback of this process (the lock is
         # re-entrant per process); only its last taker releases it.
-        owner = _LOCK_OWNERS.get(self._lock.path)
+        owner = _LOCK_OWNERS.get(self._owner_key())
         if owner is not None and owner() is self:
-            self._lock.release()
+            self._store.close()
+
+    def _owner_key(self) -> str:
+        return getattr(self._store, "directory", self._store.location)
 
     # -- what Keras's own tests read ------------------------------------------------
 
     @property
     def _weights_path(self) -> str | None:
         """The newest checkpoint file (stock: `latest.weights.h5`)."""
-        paths = layout.list_checkpoints(self.backup_dir)
-        return paths[-1] if paths else None
+        names = layout.checkpoint_names(self._store)
+        return self._store.describe(names[-1]) if names else None
 
     @property
     def _prev_weights_path(self) -> str | None:
         """The checkpoint before the newest (kept with `double_checkpoint`)."""
-        paths = layout.list_checkpoints(self.backup_dir)
-        return paths[-2] if len(paths) > 1 else None
+        names = layout.checkpoint_names(self._store)
+        return self._store.describe(names[-2]) if len(names) > 1 else None
 
     @property
     def _last_batch_seen(self) -> int:
@@ -211,36 +212,22 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     # -- storage ------------------------------------------------------------
 
     def _open_dir(self) -> None:
-        try:
-            os.makedirs(self.backup_dir, exist_ok=True)
-            self._lock.acquire()
-            _LOCK_OWNERS[self._lock.path] = weakref.ref(self)
-        except OSError as e:
-            raise OSError(
-                f"Cannot use backup_dir={self.backup_dir!r}: {e.strerror or e}. "
-                "Expected a writable directory."
-            ) from None
-        atomic.remove_stale_temporaries(self.backup_dir)
+        self._store.open()
+        _LOCK_OWNERS[self._owner_key()] = weakref.ref(self)
 
     def _newest_usable(self) -> layout.Checkpoint | None:
-        paths = layout.list_checkpoints(self.backup_dir)
-        errors: list[str] = []
-        for path in reversed(paths):
-            try:
-                ckpt = layout.read_checkpoint(path)
-            except ValueError as e:
-                errors.append(str(e))
-                continue
+        ckpt, errors = layout.newest_usable(self._store)
+        if ckpt is not None:
             if errors:
                 warnings.warn(
                     f"The newest checkpoint could not be read ({errors[0]}); resuming "
-                    f"from the previous one, {path!r}.",
+                    f"from the previous one, {ckpt.path!r}.",
                     UserWarning,
                     stacklevel=3,
                 )
             return ckpt
         if errors:
-            self._lock.release()
+            self._store.close()
             raise ValueError(
                 f"No usable checkpoint in backup_dir={self.backup_dir!r}: "
                 + "; ".join(errors)
@@ -253,25 +240,24 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         model = self._model
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(ckpt.weights_path)  # also hands over callback states
+        model.load_weights(ckpt.weights())  # also hands over callback states
         self._resume_from(ckpt.doc, ckpt.arrays, apply_callbacks=False)
 
     def _load_stock(self) -> None:
         """Continues from a backup that stock `keras.callbacks.BackupAndRestore`
         wrote in the same directory (a user who just switched the import)."""
         model = self._model
-        weights = os.path.join(self.backup_dir, layout.STOCK_WEIGHTS)
-        meta_path = os.path.join(self.backup_dir, "training_metadata.json")
+        store = self._store
         try:
-            with open(meta_path, encoding="utf-8") as f:
-                epoch = json.load(f)["epoch"]
+            epoch = json.loads(store.read("training_metadata.json").decode("utf-8"))["epoch"]
             if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
                 raise ValueError(f"epoch={epoch!r}")
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(weights)
+            weights = layout.Checkpoint(store.describe(layout.STOCK_WEIGHTS), {}, {}, store.read(layout.STOCK_WEIGHTS))
+            model.load_weights(weights.weights())
         except (OSError, KeyError, TypeError, ValueError) as e:
-            self._lock.release()
+            self._store.close()
             raise ValueError(
                 f"backup_dir={self.backup_dir!r} holds a stock Keras backup that "
                 f"cannot be read ({e}). Nothing was changed. To start training over "
@@ -298,7 +284,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # position and RNG ride along in the same group.
         tracker.extra = (doc, arrays)
         try:
-            layout.commit(self.backup_dir, model.save_weights)
+            layout.commit(self._store, model.save_weights)
         finally:
             tracker.extra = None
-        layout.prune(self.backup_dir, keep=2 if self.double_checkpoint else 1)
+        layout.prune(self._store, keep=2 if self.double_checkpoint else 1)

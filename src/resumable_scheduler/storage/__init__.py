@@ -1,7 +1,8 @@
 """Storage back ends: each reads the resumable-state envelope from one layout.
 
 `find_envelope(path)` tries them in turn: a `.weights.h5` file, a `.keras`
-archive, a backup directory (ours or stock Keras's), an Orbax directory.
+archive, a backup directory (ours or stock Keras's; also a bucket prefix,
+any fsspec URL, see `storage.store`), an Orbax directory.
 
 Every reader treats the file as untrusted input: anything malformed (a
 crafted file can carry a matching CRC) is a `ValueError` that names the file
@@ -46,6 +47,19 @@ def layout_of(path: str) -> str:
         FileNotFoundError: `path` does not exist.
         ValueError: `path` is not a checkpoint layout we know.
     """
+    from resumable_scheduler.storage.store import is_url
+
+    if is_url(path):
+        # A bucket prefix (any fsspec URL): a backup_dir of rs.BackupAndRestore.
+        from resumable_scheduler.storage import backup_dir
+
+        if backup_dir.is_backup_dir(path):
+            return "backup"
+        raise FileNotFoundError(
+            f"No checkpoint at path={path!r}: no rs.BackupAndRestore checkpoint "
+            "(ckpt-*.weights.h5) or stock backup under that prefix. Only backup "
+            "directories are read from URLs."
+        )
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint at path={path!r}: it does not exist.")
     if os.path.isdir(path):

@@ -7,6 +7,8 @@ They live in the same HDF5 group as the envelope (see
 
 from __future__ import annotations
 
+import io
+
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,14 @@ def read_arrays(source: str) -> dict[str, dict[str, np.ndarray]]:
     a `.keras` archive; anything else has no arrays (`{}`). A malformed file
     is a `ValueError` naming it and the dataset.
     """
+    from resumable_scheduler.storage.store import is_url, store_for
+
+    if is_url(source) and source.endswith(".h5"):
+        # A checkpoint object in a bucket: read its bytes through the store.
+        parent, name = source.rsplit("/", 1)
+        data = store_for(parent).read(name)
+        with io.BytesIO(data) as raw, h5.open_h5(raw, source) as f:
+            return _from_h5file(f, source, len(data))
     if source.endswith(".keras"):
         with h5.open_keras_weights(source) as (f, size):
             return {} if f is None else _from_h5file(f, source, size)

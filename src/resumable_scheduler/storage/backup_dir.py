@@ -12,8 +12,14 @@ Each file is an ordinary Keras weights file (`model.load_weights` reads it)
 whose `_resumable_scheduler_state` group also holds the position, the RNG
 scalars (JSON envelope) and the RNG keys, seed generators and metric
 accumulators (`training::*` datasets). The hex field is the CRC-32 of the
-whole file, so a truncated or garbled file is detected before use. Files
-are committed atomically (`storage.atomic.commit_file`).
+whole file, so a truncated or garbled file is detected before use.
+
+Everything here works over a `storage.store.Store` (a local directory or a
+bucket): numbering, verification, "the newest usable checkpoint, with
+fallback" (`newest_usable`, written once), commit and pruning. The store
+only publishes, lists, reads and deletes objects. The path-taking helpers
+(`list_checkpoints`, `read_checkpoint`, `read_envelope`) are the same over
+a `LocalStore`.
 
 Stock layout: `latest.weights.h5` (+ `.bkp`) and `training_metadata.json`; our
 state rides inside `latest.weights.h5` when `rs.LearningRateScheduler` ran.
@@ -32,7 +38,8 @@ import numpy as np
 
 from resumable_scheduler import rng
 from resumable_scheduler.protocol import decode_envelope, short_name
-from resumable_scheduler.storage import atomic, check_states, h5
+from resumable_scheduler.storage import check_states, h5
+from resumable_scheduler.storage.store import Store, is_url, store_for
 from resumable_scheduler.tracker import TRAINING_PREFIX
 
 STOCK_WEIGHTS = "latest.weights.h5"
@@ -45,25 +52,39 @@ _NAME = re.compile(r"^ckpt-(\d{8}|[1-9]\d{8,})-([0-9a-f]{8})\.weights\.h5$")
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One complete checkpoint file, read and verified."""
+    """One complete checkpoint, read and verified."""
 
-    path: str
+    path: str  # where it is (a path or a URL), for messages
     doc: dict[str, Any]  # the envelope: callbacks, position, rng
     arrays: dict[str, np.ndarray]  # the training::* datasets, prefix removed
+    data: bytes = b""  # the whole file, for `model.load_weights(ckpt.weights())`
 
     @property
     def weights_path(self) -> str:
         return self.path
 
+    def weights(self) -> "_Buffer":
+        """An in-memory file `model.load_weights` reads (its `str()` is the
+        checkpoint's name, which Keras checks for `.weights.h5`)."""
+        return _Buffer(self.path, self.data)
+
+
+def _number(name: str) -> int | None:
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
+def checkpoint_names(store: Store) -> list[str]:
+    """Committed checkpoint names in `store`, oldest first (by number)."""
+    numbered = sorted((n, name) for name in store.names() if (n := _number(name)) is not None)
+    return [name for _, name in numbered]
+
 
 def list_checkpoints(directory: str) -> list[str]:
-    """Committed checkpoint files, oldest first."""
+    """Committed checkpoint files of a local directory, oldest first."""
     if not os.path.isdir(directory):
         return []
-    numbered = sorted(
-        (int(m.group(1)), n) for n in os.listdir(directory) if (m := _NAME.match(n))
-    )
-    return [os.path.join(directory, n) for _, n in numbered]
+    return [os.path.join(directory, n) for n in checkpoint_names(store_for(directory))]
 
 
 def _seq(path: str) -> int:
@@ -79,123 +100,144 @@ def crc32(path: str) -> int:
 
 
 class _Buffer(io.BytesIO):
-    """The in-memory file a checkpoint is written into before it goes to disk.
+    """The in-memory file a checkpoint is written into, or read from.
 
-    Keras's `save_weights` takes it in place of a path (it checks the name
-    through `str()`, which gives the temporary's path, and writes HDF5 into
-    any `io.BytesIO`). So HDF5 never sees a failed disk write: one that fails
+    Keras's `save_weights` and `load_weights` take it in place of a path
+    (they check the name through `str()` and read or write HDF5 in any
+    `io.BytesIO`). So HDF5 never sees a failed disk write: one that fails
     (a full disk, a file-size limit) leaves HDF5 holding objects it cannot
     flush, and h5py crashes the interpreter at exit trying. The bytes are
-    written to disk by `commit` instead, where a failure is a plain
-    `OSError`. The cost is one copy of the checkpoint in memory, as Keras's
-    own `.keras` saving has.
+    published by the store instead, where a failure is a plain `OSError`.
+    The cost is one copy of the checkpoint in memory, as Keras's own
+    `.keras` saving has.
     """
 
-    def __init__(self, path: str) -> None:
-        super().__init__()
+    def __init__(self, path: str, data: bytes = b"") -> None:
+        super().__init__(data)
         self._path = path
 
     def __str__(self) -> str:
         return self._path
 
 
-def commit(directory: str, save: Callable[[Any], None]) -> str:
-    """Writes a new checkpoint with `save(target)` and commits it atomically.
+def commit(store: Store | str, save: Callable[[Any], None]) -> str:
+    """Writes a new checkpoint with `save(target)` and publishes it atomically.
 
-    `target` is an in-memory file whose `str()` is the temporary's path
-    (`model.save_weights` takes it); its bytes are then written to the
-    temporary, fsynced and renamed into place. A failure anywhere leaves no
-    new file and raises; a failed disk write is an `OSError` that names
-    `directory`.
+    `target` is an in-memory file whose `str()` ends in `.weights.h5`
+    (`model.save_weights` takes it); its bytes are then committed by the
+    store under `ckpt-<next number>-<crc32>.weights.h5`. A failure anywhere
+    leaves no new checkpoint and raises. Returns the new name.
     """
-    existing = list_checkpoints(directory)
-    seq = _seq(existing[-1]) + 1 if existing else 0
-
-    def write(tmp: str) -> None:
-        buffer = _Buffer(tmp)
-        try:
-            save(buffer)
-            try:
-                with open(tmp, "xb") as f, buffer.getbuffer() as view:
-                    f.write(view)
-            except OSError as e:
-                reason = " ".join(str(e.strerror or e).split())[:300]
-                raise OSError(
-                    e.errno,
-                    f"Cannot write a checkpoint to backup_dir={directory!r}: {reason}. "
-                    "Nothing was committed; the checkpoints already there are unchanged.",
-                ) from None
-        finally:
-            buffer.close()
-
-    return atomic.commit_file(
-        os.path.join(directory, f"ckpt-{seq:08d}"),
-        SUFFIX,
-        write,
-        lambda tmp: f"ckpt-{seq:08d}-{crc32(tmp):08x}{SUFFIX}",
-    )
-
-
-def read_checkpoint(path: str) -> Checkpoint:
-    """Reads and verifies one file; raises `ValueError` naming it if bad."""
-    m = _NAME.match(os.path.basename(path))
-    if m is None:
-        raise ValueError(f"Not a checkpoint file name: {path!r}.")
+    store = store_for(store) if isinstance(store, str) else store
+    existing = checkpoint_names(store)
+    seq = _number(existing[-1]) + 1 if existing else 0
+    buffer = _Buffer(store.describe(f"ckpt-{seq:08d}{SUFFIX}"))
     try:
-        actual = crc32(path)
-    except OSError as e:
-        raise ValueError(f"Unreadable checkpoint file {path!r}: {short_name(e, 300)}") from None
+        save(buffer)
+        data = buffer.getvalue()
+    finally:
+        buffer.close()
+    name = f"ckpt-{seq:08d}-{zlib.crc32(data):08x}{SUFFIX}"
+    store.commit(name, data)
+    return name
+
+
+def read_checkpoint_data(where: str, data: bytes) -> Checkpoint:
+    """Verifies and reads one checkpoint's bytes; `where` is its path or URL
+    (its base name carries the CRC). Raises `ValueError` naming it if bad."""
+    m = _NAME.match(where.rstrip("/").rsplit("/", 1)[-1])
+    if m is None:
+        raise ValueError(f"Not a checkpoint file name: {where!r}.")
+    actual = zlib.crc32(data)
     if actual != int(m.group(2), 16):
         raise ValueError(
-            f"Corrupt checkpoint file {path!r}: its CRC-32 is {actual:08x}, its "
+            f"Corrupt checkpoint file {where!r}: its CRC-32 is {actual:08x}, its "
             f"name says {m.group(2)} (truncated or garbled)."
         )
-    size = h5.file_size(path, path)
-    with h5.open_h5(path) as f:
-        group = h5.state_group(f, path)
+    size = len(data)
+    with io.BytesIO(data) as raw, h5.open_h5(raw, where) as f:
+        group = h5.state_group(f, where)
         if group is None:
-            raise ValueError(f"Unreadable checkpoint file {path!r}: no `{h5.GROUP}/envelope` dataset.")
-        doc = decode_envelope(h5.envelope_bytes(group, path, size), where=path)
+            raise ValueError(f"Unreadable checkpoint file {where!r}: no `{h5.GROUP}/envelope` dataset.")
+        doc = decode_envelope(h5.envelope_bytes(group, where, size), where=where)
         try:
             names = [k for k in group.keys() if k.startswith(TRAINING_PREFIX)]
         except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
-            raise ValueError(f"Unreadable checkpoint file {path!r}: {type(e).__name__}: {short_name(e, 300)}") from None
-        arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, path, size) for k in names}
+            raise ValueError(f"Unreadable checkpoint file {where!r}: {type(e).__name__}: {short_name(e, 300)}") from None
+        arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, where, size) for k in names}
     for key in ("position", "rng"):
         if not isinstance(doc.get(key), dict):
-            raise ValueError(f"Unreadable checkpoint file {path!r}: no valid `{key}` entry.")
-    check_states(doc, path)
-    rng.check_host_rng(doc["rng"], arrays, where=path, array_field=TRAINING_PREFIX)
+            raise ValueError(f"Unreadable checkpoint file {where!r}: no valid `{key}` entry.")
+    check_states(doc, where)
+    rng.check_host_rng(doc["rng"], arrays, where=where, array_field=TRAINING_PREFIX)
     if doc["position"]["batch"] or "rng_now" in doc:
-        rng.check_host_rng(doc.get("rng_now"), arrays, prefix="now_", where=path, array_field=TRAINING_PREFIX)
-    rng.check_seed_generator_arrays(arrays, where=path, array_field=TRAINING_PREFIX)
-    return Checkpoint(path=path, doc=doc, arrays=arrays)
+        rng.check_host_rng(doc.get("rng_now"), arrays, prefix="now_", where=where, array_field=TRAINING_PREFIX)
+    rng.check_seed_generator_arrays(arrays, where=where, array_field=TRAINING_PREFIX)
+    return Checkpoint(path=where, doc=doc, arrays=arrays, data=data)
 
 
-def prune(directory: str, keep: int) -> None:
-    """Deletes all but the newest `keep` checkpoint files."""
-    for path in list_checkpoints(directory)[:-keep]:
-        os.remove(path)
+def read_checkpoint(path: str) -> Checkpoint:
+    """Reads and verifies one local file; raises `ValueError` naming it if bad."""
+    if _NAME.match(os.path.basename(path)) is None:
+        raise ValueError(f"Not a checkpoint file name: {path!r}.")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"Unreadable checkpoint file {path!r}: {short_name(e, 300)}") from None
+    return read_checkpoint_data(path, data)
+
+
+def read_named(store: Store, name: str) -> Checkpoint:
+    """Reads and verifies the checkpoint `name` of `store`."""
+    where = store.describe(name)
+    try:
+        data = store.read(name)
+    except OSError as e:
+        raise ValueError(f"Unreadable checkpoint file {where!r}: {short_name(e, 300)}") from None
+    return read_checkpoint_data(where, data)
+
+
+def newest_usable(store: Store) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint of `store` that reads and verifies, and the
+    errors of the newer ones that did not (oldest last). `(None, errors)`
+    when none is usable; `(None, [])` when there is none."""
+    errors: list[str] = []
+    for name in reversed(checkpoint_names(store)):
+        try:
+            return read_named(store, name), errors
+        except ValueError as e:
+            errors.append(str(e))
+    return None, errors
+
+
+def prune(store: Store | str, keep: int) -> None:
+    """Deletes all but the newest `keep` checkpoints (call after a commit:
+    the newest, just written, is never deleted)."""
+    store = store_for(store) if isinstance(store, str) else store
+    for name in checkpoint_names(store)[:-keep]:
+        store.delete(name)
 
 
 def is_backup_dir(path: str) -> bool:
-    return bool(list_checkpoints(path)) or os.path.exists(os.path.join(path, STOCK_WEIGHTS))
+    store = store_for(path)
+    return bool(checkpoint_names(store)) or store.exists(STOCK_WEIGHTS)
 
 
 def read_envelope(path: str) -> tuple[dict[str, Any] | None, str]:
-    """The newest readable envelope in a backup directory (ours or stock)."""
-    errors = []
-    for ckpt in reversed(list_checkpoints(path)):
-        try:
-            c = read_checkpoint(ckpt)
-        except ValueError as e:
-            errors.append(str(e))
-            continue
-        return c.doc, c.path
+    """The newest readable envelope in a backup directory or bucket prefix
+    (ours or stock)."""
+    store = store_for(path)
+    ckpt, errors = newest_usable(store)
+    if ckpt is not None:
+        return ckpt.doc, ckpt.path
     if errors:
         raise ValueError("No readable checkpoint in backup_dir: " + "; ".join(errors))
-    weights = os.path.join(path, STOCK_WEIGHTS)
-    doc = h5.read_envelope_h5(weights)
+    weights = store.describe(STOCK_WEIGHTS)
+    if is_url(path):
+        doc = h5.read_envelope_h5_bytes(store.read(STOCK_WEIGHTS), weights)
+    else:
+        doc = h5.read_envelope_h5(weights)
     if doc is not None:
         check_states(doc, weights)
     return doc, weights

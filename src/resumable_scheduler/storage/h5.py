@@ -163,6 +163,13 @@ def read_envelope_h5(path: str) -> dict[str, Any] | None:
         return _from_h5file(f, path, file_size(path, path))
 
 
+def read_envelope_h5_bytes(data: bytes, where: str) -> dict[str, Any] | None:
+    """The envelope in the bytes of a `.weights.h5` file (read from a
+    bucket), or None if it has none; `where` names it in errors."""
+    with io.BytesIO(data) as raw, open_h5(raw, where) as f:
+        return _from_h5file(f, where, len(data))
+
+
 def read_envelope_keras(path: str) -> dict[str, Any] | None:
     """The envelope in a `.keras` archive (its `model.weights.h5`), or None."""
     with open_keras_weights(path) as (f, size):
