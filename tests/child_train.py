@@ -29,6 +29,26 @@ from keras import ops  # noqa: E402
 
 import resumable_scheduler as rs  # noqa: E402
 
+#: Seconds the child sleeps after writing each commit's temporary (before
+#: its fsync and rename), widening the window in which a kill lands inside a
+#: checkpoint write. Test machinery: the package has no such hook.
+DELAY_ENV = "RS_TEST_COMMIT_DELAY"
+
+
+def _widen_commit_window(delay: float) -> None:
+    from resumable_scheduler.storage import atomic
+
+    commit_file = atomic.commit_file
+
+    def slow_commit_file(stem, suffix, write, final_name):
+        def slow_write(tmp):
+            write(tmp)
+            time.sleep(delay)
+
+        return commit_file(stem, suffix, slow_write, final_name)
+
+    atomic.commit_file = slow_commit_file
+
 
 def schedule(epoch, lr):
     return lr if epoch < 10 else lr * ops.exp(-0.1)
@@ -66,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--no-backup", action="store_true")
     a = p.parse_args(argv)
+    if os.environ.get(DELAY_ENV):
+        _widen_commit_window(float(os.environ[DELAY_ENV]))
     save_freq = a.save_freq if a.save_freq == "epoch" else int(a.save_freq)
 
     keras.utils.set_random_seed(0)

@@ -3,9 +3,10 @@ it finishes, then compare it bit for bit with a child never killed.
 
 Used by `tests/test_soak.py` (a quick mode in CI) and `benchmarks/soak.py`
 (200 kills). Kills land anywhere: mid-batch, between batches, and inside
-checkpoint writes, which the commit-delay test hook widens
-(`RESUMABLE_SCHEDULER_TEST_COMMIT_DELAY`); a kill counts as "inside a write"
-when a `*.tmp-*` commit folder is on disk right after it.
+checkpoint writes, which the child widens when `DELAY_ENV` is set (it
+sleeps after writing each commit's temporary: test machinery, in
+`tests/child_train.py`, not in the package); a kill counts as "inside a
+write" when a `*.tmp-*` temporary is on disk right after it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resumable_scheduler.storage.atomic import DELAY_ENV, TMP_MARK
+from resumable_scheduler.storage.atomic import TMP_MARK
+from tests.child_train import DELAY_ENV
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child_train.py")
 

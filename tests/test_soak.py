@@ -16,9 +16,9 @@ def test_sigkill_anywhere_until_done_is_bitwise_equal(tmp_path):
     kills = int(os.environ.get("RS_SOAK_KILLS", "8"))
     # Enough epochs that the run cannot finish before the last kill, however
     # fast the machine: a life lasts at most `window` s and every batch's
-    # commit sleeps at least 2 * `delay` (the test hook), 5 batches an epoch.
-    delay, window = 0.02, 0.8
-    epochs = math.ceil(kills * window / (2 * delay) / 5) + 8
+    # commit sleeps at least `delay` (the child's DELAY_ENV), 5 batches an epoch.
+    delay, window = 0.04, 0.8
+    epochs = math.ceil(kills * window / delay / 5) + 8
     tally, got, want = run_soak(os.fspath(tmp_path), kills=kills, seed=1, delay=delay,
                                 window=window, epochs=epochs, log=lambda m: None)
     assert tally.kills == kills, tally

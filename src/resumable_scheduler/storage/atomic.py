@@ -18,14 +18,10 @@ import fcntl
 import os
 import secrets
 import shutil
-import time
 import warnings
 from collections.abc import Callable
 
 TMP_MARK = ".tmp-"
-#: Test hook: seconds to sleep between the files of a commit, widening the
-#: window in which a kill lands inside a write (used by the kill soak).
-DELAY_ENV = "RESUMABLE_SCHEDULER_TEST_COMMIT_DELAY"
 _HELD: dict[str, int] = {}
 
 
@@ -35,12 +31,6 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _test_delay() -> None:
-    delay = os.environ.get(DELAY_ENV)
-    if delay:
-        time.sleep(float(delay))
 
 
 def commit_file(
@@ -60,7 +50,6 @@ def commit_file(
     tmp = f"{stem}{TMP_MARK}{secrets.token_hex(4)}{suffix}"
     try:
         write(tmp)
-        _test_delay()
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -69,7 +58,6 @@ def commit_file(
         final = os.path.join(parent, final_name(tmp))
         if os.path.exists(final):
             raise FileExistsError(f"Refusing to overwrite the finished checkpoint {final!r}.")
-        _test_delay()
         os.rename(tmp, final)
         fsync_dir(parent)
     except BaseException:
