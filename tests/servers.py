@@ -194,3 +194,55 @@ def start_all(log_dir: str) -> dict[str, Server]:
 def stop_all(servers: dict[str, Server]) -> None:
     for server in servers.values():
         stop(server)
+
+
+# -- pytest fixtures (imported by tests/conftest.py) -------------------------
+
+import pytest  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A fresh bucket on one server; `url` is a prefix in it for one run."""
+
+    scheme: str
+    name: str
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.name}/run"
+
+
+@pytest.fixture(scope="session")
+def object_servers(tmp_path_factory):
+    """moto (S3) and fake-gcs-server (GCS) on 127.0.0.1, for the session."""
+    with pytest.MonkeyPatch.context() as mp:
+        # gcsfs reads this when it is first imported, whichever test does it.
+        mp.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        servers = start_all(str(tmp_path_factory.mktemp("object-servers")))
+        try:
+            yield servers
+        finally:
+            stop_all(servers)
+
+
+@pytest.fixture(params=SCHEMES)
+def bucket(request, object_servers, monkeypatch) -> Bucket:
+    """A fresh bucket on each server in turn (`s3`, `gs`), with the standard
+    client variables set in `os.environ` for this test (children inherit
+    them). Skips when the server's package is missing, except on CI."""
+    server = object_servers[request.param]
+    if server.missing:
+        if os.environ.get("CI"):
+            pytest.fail(server.missing)
+        pytest.skip(server.missing)
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
+    return Bucket(server.scheme, server.make_bucket(), server)
+
+
+@pytest.fixture
+def bucket_url(bucket) -> str:
+    """`s3://<fresh bucket>/run`, then `gs://<fresh bucket>/run`."""
+    return bucket.url
