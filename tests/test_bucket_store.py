@@ -287,12 +287,42 @@ def test_killed_holder_elsewhere_expires_within_the_bound(bucket_url):
 
 
 def test_killed_holder_on_this_machine_taken_over_at_once(bucket_url):
+    """Same boot, same PID namespace: a lease whose process is gone (here a
+    zombie, killed and not yet reaped) is taken over without waiting."""
     child = start_holder(bucket_url, "here")
-    kill(child)
-    store = make(bucket_url, lease_seconds=120)  # no waiting for an expiry
-    with pytest.warns(UserWarning, match=f"its process \\(pid {child.pid}\\) on this machine is gone"):
-        store.open()
-    store.close()
+    child.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while bucket_mod._stat(child.pid)[:1] != ["Z"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        store = make(bucket_url, lease_seconds=120)  # no waiting for an expiry
+        with pytest.warns(UserWarning, match=f"its process \\(pid {child.pid}\\) on this machine is gone"):
+            store.open()
+        store.close()
+    finally:
+        child.wait(timeout=10)
+
+
+def test_forked_child_neither_writes_nor_releases(bucket_url):
+    store = make(bucket_url)
+    store.open()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a write is refused, close() leaves the lease
+            code = 1
+            try:
+                store.commit(NAME, b"from a fork")
+            except RuntimeError:
+                store.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert lease_doc(bucket_url)["owner"] == store._token
+        assert store.names() == []
+    finally:
+        store.close()
 
 
 def test_missing_bucket(bucket):

@@ -147,6 +147,7 @@ class BucketStore:
         self._lost: str | None = None  # why the lease is no longer ours
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     # -- paths -------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class BucketStore:
                 stacklevel=2,
             )
         self._acquire()
+        self._pid = os.getpid()
         self._lost = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.lease_url}", daemon=True)
@@ -259,8 +261,8 @@ class BucketStore:
         atexit.unregister(self.close)
         with self._lock:
             tag, self._tag = self._tag, None
-            if tag is None or self._lost:
-                return
+            if tag is None or self._lost or os.getpid() != self._pid:
+                return  # not ours (lost, or this is a forked child)
             try:
                 self._ops.delete(f"{self._path}/{LEASE_NAME}", if_match=tag)
             except (_Conflict, FileNotFoundError):
@@ -371,7 +373,7 @@ class BucketStore:
         renewal is older than half a lease."""
         if self._lost:
             raise RuntimeError(self._lost)
-        if self._tag is None:
+        if self._tag is None or os.getpid() != self._pid:
             raise RuntimeError(f"backup_dir={self.location!r} is not open: open() takes the lease before any write.")
         if time.time() > self._expires - self.lease_seconds / 2:
             self._renew()
@@ -438,14 +440,20 @@ def _machine_id() -> str:
     return f"{boot}:{ns}" if boot else ""
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name ([] where unknown)."""
+    return _read_text(f"/proc/{pid}/stat").rpartition(")")[2].split()
+
+
 def _process_start(pid: int) -> str:
     """The start time of `pid` in clock ticks since boot ('' where unknown)."""
-    stat = _read_text(f"/proc/{pid}/stat")
-    fields = stat.rpartition(")")[2].split()
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 else ""
 
 
 def _alive(pid: int, started: Any) -> bool:
+    """Whether `pid` on this machine is still the process that wrote the
+    lease (a zombie, or a new process with a reused pid, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -454,6 +462,9 @@ def _alive(pid: int, started: Any) -> bool:
         pass
     except OSError:
         return True
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
     return not started or _process_start(pid) == started
 
 
