@@ -325,6 +325,15 @@ def test_forked_child_neither_writes_nor_releases(bucket_url):
         store.close()
 
 
+def test_a_server_ignoring_preconditions_is_reported(bucket_url):
+    store = make(bucket_url)
+    put = store._ops.put
+    store._ops.put = lambda path, data, **cond: put(path, data)  # what such a server does
+    with pytest.warns(UserWarning, match="the server ignored a create-only write"):
+        store.open()
+    store.close()
+
+
 def test_missing_bucket(bucket):
     store = make(f"{bucket.scheme}://no-such-bucket-{bucket.name}/run")
     with pytest.raises(FileNotFoundError, match="the bucket does not exist"):

@@ -29,7 +29,8 @@ cannot do):
 
 - enforced by the server, on AWS S3, GCS, moto and fake-gcs-server: lease
   creation, renewal and takeover (conditional puts); checkpoint commits never
-  overwrite (create-only puts);
+  overwrite (create-only puts). `open()` checks that the server enforces
+  them (a second create-only put of the lease must fail) and warns if not;
 - enforced by the server on AWS S3, GCS and moto, NOT by fake-gcs-server
   (it ignores preconditions on DELETE): the lease deletion at `close()`;
 - by this process only: checkpoint commits and deletes are refused once a
@@ -245,6 +246,7 @@ class BucketStore:
                 stacklevel=2,
             )
         self._acquire()
+        self._check_preconditions()
         self._pid = os.getpid()
         self._lost = None
         self._stop.clear()
@@ -330,6 +332,23 @@ class BucketStore:
                 continue
             raise RuntimeError(self._busy_message(holder))
         raise RuntimeError(f"Could not take the lease {self.lease_url}: it kept changing. Is another process starting with backup_dir={self.location!r}?")
+
+    def _check_preconditions(self) -> None:
+        """One more create-only put of the lease we hold: a server that lets
+        it through ignores preconditions (some S3-compatible stores do), and
+        nothing above holds there; say so."""
+        if isinstance(self._ops, _GenericOps):
+            return
+        try:
+            with self._lock:
+                self._write_lease(if_absent=True)
+        except _Conflict:
+            return
+        warnings.warn(
+            f"backup_dir={self.location!r}: the server ignored a create-only write (S3 If-None-Match, GCS "
+            "ifGenerationMatch=0), so two writers are not kept apart and a commit could overwrite a checkpoint.",
+            stacklevel=3,
+        )
 
     def _busy_message(self, holder: dict[str, Any]) -> str:
         expires = float(holder.get("expires", 0.0))
