@@ -39,6 +39,8 @@ PINNED = {
     "running_fit_callback_list": "test_fit_keeps_its_callback_list_in_a_local",
     "running_epoch_iterator": "test_fit_keeps_its_training_epoch_iterator_in_a_local",
     "epoch_input": "test_epoch_input_reads_what_a_position_depends_on",
+    "record_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
+    "write_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
 }
 
 
@@ -541,3 +543,41 @@ def test_pin_threading_register_atexit():
             getattr(getattr(f, "func", None), "__module__", "") == "concurrent.futures.thread"
             for f in threading._threading_atexits
         )
+
+
+def test_recorded_weights_write_the_bytes_save_weights_writes():
+    """Background saves: `_save_state` accepts a recording `H5IOStore`,
+    every saveable writes only through `make` and item assignment, and
+    replaying the records through `H5IOStore` gives `save_weights`'s bytes,
+    however the variables change after the recording."""
+    import io
+
+    from resumable_scheduler.storage.background import host_copy
+
+    with internal("keras.src.saving.saving_lib._save_state / H5IOStore(make, __setitem__, close)"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((20,)), keras.layers.Dropout(0.2), keras.layers.Dense(10),
+            keras.layers.BatchNormalization(),
+        ])
+        model.compile(keras.optimizers.Adam(), loss="mse", metrics=["mae"])
+        x, y = np.ones((8, 20), "float32"), np.zeros((8, 10), "float32")
+        model.fit(x, y, verbose=0, callbacks=[rs.LearningRateScheduler(lambda e, lr: lr)])
+        direct = _NamedBuffer()
+        model.save_weights(direct)
+        records = ki.record_weights(model, host_copy)
+        before = [np.array(v) for v in model.weights]
+        model.fit(x, y, verbose=0)  # training goes on after the recording
+        assert any(not np.array_equal(a, np.array(v)) for a, v in zip(before, model.weights))
+        replayed = io.BytesIO()
+        ki.write_weights(records, replayed)
+        assert replayed.getvalue() == direct.getvalue()
+        with h5py.File(io.BytesIO(replayed.getvalue()), "r") as f:
+            assert tracker_mod.ATTR in f and "vars" in f["layers/dense"]
+
+
+class _NamedBuffer(__import__("io").BytesIO):
+    """An in-memory file whose name `save_weights` accepts."""
+
+    def __str__(self):
+        return "model.weights.h5"

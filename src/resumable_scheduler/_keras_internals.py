@@ -250,3 +250,89 @@ def epoch_input(iterator: Any) -> dict[str, Any]:
         out["samples"] = int(adapter._num_samples)
         out["batch_size"] = int(adapter._batch_size)
     return out
+
+
+# -- background saves: record what `save_weights` writes, write it later -------
+
+
+class _RecordedEntry:
+    """One `weights_store.make(path, metadata)` of Keras's saving walk: the
+    items a saveable's `save_own_variables` set, as host copies."""
+
+    def __init__(self, items: list[tuple[str, Any]], copy: Any) -> None:
+        self._items = items
+        self._copy = copy
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._items.append((key, self._copy(value)))
+
+    def __getitem__(self, key: str) -> Any:
+        for k, v in reversed(self._items):
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self._items)
+
+    def keys(self) -> list[str]:
+        return list(dict(self._items))
+
+    def __len__(self) -> int:
+        return len(dict(self._items))
+
+
+class _WeightsRecorder(saving_lib.H5IOStore):
+    """Stands in for the `H5IOStore` that `model.save_weights` writes to
+    (`_save_state` accepts only that type), records every `make` and item,
+    and opens no file."""
+
+    def __init__(self, copy: Any) -> None:  # noqa: D107 - no file is opened
+        self.mode = "w"
+        self.groups: list[tuple[tuple[Any, ...], dict[str, Any], list[tuple[str, Any]]]] = []
+        self._copy = copy
+
+    def __bool__(self) -> bool:
+        return True
+
+    def make(self, *args: Any, **kwargs: Any) -> _RecordedEntry:
+        items: list[tuple[str, Any]] = []
+        self.groups.append((args, dict(kwargs), items))
+        return _RecordedEntry(items, self._copy)
+
+    def close(self) -> None:
+        pass
+
+
+def record_weights(model: Any, copy: Any) -> list[Any]:
+    """Runs Keras's `model.save_weights` walk (every saveable's
+    `save_own_variables`, in Keras's order) without writing a file: returns
+    what it would write, each value passed through `copy` (which must return
+    a host NumPy copy that nothing else changes). `write_weights(records,
+    target)` later writes exactly the file `save_weights` would have written
+    at the moment of this call."""
+    if not model.built:
+        raise ValueError(
+            "You are saving a model that has not yet been built. "
+            "Try building the model first by calling it on some data or "
+            "by using `build()`."
+        )
+    recorder = _WeightsRecorder(copy)
+    saving_lib._save_state(
+        model, weights_store=recorder, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    return recorder.groups
+
+
+def write_weights(records: list[Any], target: Any) -> None:
+    """Writes `record_weights`'s records as a `.weights.h5` file to `target`
+    (a path or an `io.BytesIO`), through Keras's own `H5IOStore`: the same
+    groups, attributes and datasets, in the same order, as `save_weights`."""
+    store = saving_lib.H5IOStore(target, mode="w")
+    try:
+        for args, kwargs, items in records:
+            entry = store.make(*args, **kwargs)
+            for key, value in items:
+                entry[key] = value
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ from resumable_scheduler.callbacks._resume import (
     check_save_freq,
     check_signals,
 )
+from resumable_scheduler.storage import background
 from resumable_scheduler.storage import backup_dir as layout
 from resumable_scheduler.storage.store import store_for
 from resumable_scheduler.tracker import tracker_for
@@ -54,6 +55,20 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     `preemption_exit_code` (default 143). Handlers are installed only during
     `fit` and the previous ones are put back afterwards.
 
+    Background saves (`save_on_background=True`, the default): at a save
+    point the state is copied to host memory once, in the training thread
+    (every value the checkpoint holds, as NumPy copies), and training goes
+    on while a writer thread serializes the checkpoint and commits it. The
+    file is the same as with `save_on_background=False` and holds the values
+    of the save point. The next save waits only if the previous write is
+    still running. Memory: at most one extra host copy of the state (plus
+    its serialized bytes) in flight. The end of `fit`, a preemption and the
+    end of the program wait for the write; a write that fails raises its
+    error in the training thread at the next save point or at the end of
+    `fit`. A kill during a write leaves the previous checkpoint. After a
+    `fit` that raised, a new `BackupAndRestore` on the same `backup_dir`
+    waits for its last write before reading.
+
     Concurrency: one process per `backup_dir` (a second one gets a
     `RuntimeError`; a lock left by a dead process does not block). Not
     thread-safe.
@@ -72,6 +87,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             `SystemExit(preemption_exit_code)` at the end of `fit`. If False,
             `fit` returns and `self.preempted` holds the signal number.
         preemption_exit_code: Integer exit status after a preemption.
+        save_on_background: Boolean. Write each checkpoint on a background
+            thread (see above) instead of blocking training while it is
+            written. Defaults to True.
 
     Example:
 
@@ -107,6 +125,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         preemption_signals: Iterable[int] | None = None,
         exit_on_preemption: bool = True,
         preemption_exit_code: int = PREEMPTED_EXIT_CODE,
+        save_on_background: bool = True,
     ) -> None:
         super().__init__()
         if not backup_dir:
@@ -131,8 +150,10 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         self.preemption_signals = signals
         self.exit_on_preemption = exit_on_preemption
         self.preemption_exit_code = preemption_exit_code
+        self.save_on_background = bool(save_on_background)
         self.preempted: int | None = None
         self._store = store_for(self.backup_dir)
+        self._writer: background.Writer | None = None
         self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
@@ -147,6 +168,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
                 f"before you call `fit()`. Model {model} is unbuilt. You can build "
                 "it beforehand by calling it on a batch of data."
             )
+        # A fit that raised may have left a write to this location running
+        # (ours or another callback's): it is committed before we read.
+        self._collect_pending(background.wait_for(self._owner_key()))
         self._open_dir()
         tracker_for(model).steps = self.params.get("steps") if self.params else None
         ckpt = self._newest_usable()
@@ -166,7 +190,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
             self._end_position()
+            self._raise_write_error()  # waits for the background write
         finally:
+            self._join_writer()
             self._restore_handlers()
             self._store.close()
         if self._exit_if_preempted():
@@ -178,6 +204,11 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # Called when a fit that raised is dropped: the lock may have been
         # taken over since by another callback of this process (the lock is
         # re-entrant per process); only its last taker releases it.
+        # A background write still running is finished first (its error, if
+        # any, is warned about: the fit it belongs to has already raised).
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._collect_pending(writer.wait())
         owner = _LOCK_OWNERS.get(self._owner_key())
         if owner is not None and owner() is self:
             self._store.close()
@@ -190,12 +221,14 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     @property
     def _weights_path(self) -> str | None:
         """The newest checkpoint file (stock: `latest.weights.h5`)."""
+        background.join_for(self._owner_key())
         names = layout.checkpoint_names(self._store)
         return self._store.describe(names[-1]) if names else None
 
     @property
     def _prev_weights_path(self) -> str | None:
         """The checkpoint before the newest (kept with `double_checkpoint`)."""
+        background.join_for(self._owner_key())
         names = layout.checkpoint_names(self._store)
         return self._store.describe(names[-2]) if len(names) > 1 else None
 
@@ -276,15 +309,59 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
+        # One write at a time: the previous one must be committed (or its
+        # error raised here, in the training thread) before the next starts.
+        self._raise_write_error()
         model = self.model  # on JAX this syncs the in-flight state
         doc, arrays = training_state.capture(model, epoch, batch, host_rng, include_callbacks=False)
         doc.update(self._epoch_end_extra)
         tracker = tracker_for(model)
+        store, keep = self._store, 2 if self.double_checkpoint else 1
         # Keras's saving writes the callback states through the tracker; the
         # position and RNG ride along in the same group.
         tracker.extra = (doc, arrays)
         try:
-            layout.commit(self._store, model.save_weights)
+            if not self.save_on_background:
+                layout.commit(store, model.save_weights)
+            else:
+                # The host copy, taken now in the training thread: everything
+                # `save_weights` would write at this instant, callback states
+                # included.
+                records = ki.record_weights(model, background.host_copy)
         finally:
             tracker.extra = None
-        layout.prune(self._store, keep=2 if self.double_checkpoint else 1)
+        if not self.save_on_background:
+            layout.prune(store, keep=keep)
+            return
+
+        def write() -> None:
+            layout.commit(store, lambda target: ki.write_weights(records, target))
+            layout.prune(store, keep=keep)
+
+        self._writer = background.submit(self._owner_key(), write)
+
+    # -- background writes ---------------------------------------------------
+
+    def _raise_write_error(self) -> None:
+        """Waits for this callback's background write; raises its error."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            error = writer.wait()
+            if error is not None:
+                raise error
+
+    def _join_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            self._collect_pending(writer.wait())
+
+    def _collect_pending(self, error: BaseException | None) -> None:
+        """Reports the failed write of a fit that had already raised."""
+        if error is not None:
+            warnings.warn(
+                f"A background save to backup_dir={self.backup_dir!r} of a fit that "
+                f"raised failed: {type(error).__name__}: {str(error)[:500]}. The "
+                "checkpoint before it is intact and is used.",
+                UserWarning,
+                stacklevel=3,
+            )
