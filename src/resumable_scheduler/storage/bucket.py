@@ -21,8 +21,11 @@ first goes on. A lease whose holder stopped renewing expires `lease_seconds`
 renewal, and is then taken over by a put conditional on the version read,
 so of two takers exactly one wins. On the same machine (same boot, same PID
 namespace) a lease whose process is gone is taken over at once, so a killed
-run restarts without waiting. Expiry compares the holder's clock with the
-taker's: clocks are assumed in sync to well under `lease_seconds`.
+run restarts without waiting. Elsewhere, `open()` refuses a live lease at
+once, or waits for it up to `lease_wait` seconds (env
+`RESUMABLE_SCHEDULER_LEASE_WAIT`; e.g. a preempted VM's replacement can set
+it to `lease_seconds`). Expiry compares the holder's clock with the taker's:
+clocks are assumed in sync to well under `lease_seconds`.
 
 **Fencing** (what a holder that lost its lease, e.g. after a long pause,
 cannot do):
@@ -94,9 +97,13 @@ def _seconds(value: float | None, env: str, default: float, name: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"Invalid value for environment variable {env}. Received: {text!r}. Expected seconds.") from None
+            raise ValueError(
+                f"Invalid value for environment variable {env}. Received: {text!r}. Expected seconds."
+            ) from None
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected seconds >= 0.")
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Received: {name}={value!r}. Expected seconds >= 0."
+        )
     return float(value)
 
 
@@ -132,13 +139,18 @@ class BucketStore:
         self.location = str(location)
         self.lease_seconds = _seconds(lease_seconds, LEASE_SECONDS_ENV, DEFAULT_LEASE_SECONDS, "lease_seconds")
         if self.lease_seconds == 0:
-            raise ValueError(f"Invalid value for argument `lease_seconds`. Received: lease_seconds=0. Expected seconds > 0.")
+            raise ValueError(
+                "Invalid value for argument `lease_seconds`. Received: lease_seconds=0. Expected seconds > 0."
+            )
         self.lease_wait = _seconds(lease_wait, LEASE_WAIT_ENV, 0.0, "lease_wait")
         fsspec = _import_fsspec(self.location)
         self.fs, path = fsspec.core.url_to_fs(self.location, **(storage_options or {}))
         self._path = path.rstrip("/")
         if not self._path:
-            raise ValueError(f"Invalid value for argument `backup_dir`. Received: backup_dir={self.location!r}. Expected a URL with a bucket, e.g. s3://bucket/run.")
+            raise ValueError(
+                f"Invalid value for argument `backup_dir`. Received: backup_dir={self.location!r}. "
+                "Expected a URL with a bucket, e.g. s3://bucket/run."
+            )
         self._ops = _ops_for(self.fs)
         self._token = secrets.token_hex(16)
         self._lock = threading.Lock()
@@ -200,7 +212,9 @@ class BucketStore:
         try:
             self._ops.put(path, bytes(data) if not isinstance(data, bytes) else data, if_absent=True)
         except _Conflict:
-            raise FileExistsError(f"{self.describe(name)} exists: a committed checkpoint is never overwritten.") from None
+            raise FileExistsError(
+                f"{self.describe(name)} exists: a committed checkpoint is never overwritten."
+            ) from None
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -245,14 +259,18 @@ class BucketStore:
                 "the one-writer lease and create-only commits are best effort.",
                 stacklevel=2,
             )
-        self._acquire()
-        self._check_preconditions()
         self._pid = os.getpid()
         self._lost = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.lease_url}", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
+        self._acquire()
+        try:
+            self._check_preconditions()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.lease_url}", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)
+        except BaseException:
+            self.close()
+            raise
         self._abort_leftovers()
 
     def close(self) -> None:
@@ -270,7 +288,9 @@ class BucketStore:
             except (_Conflict, FileNotFoundError):
                 pass  # taken over meanwhile: not ours to delete
             except Exception as exc:  # noqa: BLE001 - it expires anyway
-                warnings.warn(f"Could not delete the lease {self.lease_url} ({exc}); it expires by itself.", stacklevel=2)
+                warnings.warn(
+                    f"Could not delete the lease {self.lease_url} ({exc}); it expires by itself.", stacklevel=2
+                )
 
     def _lease_doc(self) -> bytes:
         now = time.time()
@@ -308,7 +328,9 @@ class BucketStore:
             except _Conflict:
                 pass
             except FileNotFoundError as exc:
-                raise FileNotFoundError(f"backup_dir={self.location!r}: the bucket does not exist ({exc}).") from exc
+                raise FileNotFoundError(
+                    f"backup_dir={self.location!r}: the bucket does not exist ({exc})."
+                ) from exc
             try:
                 data, tag = self._ops.get(path)
             except FileNotFoundError:
@@ -331,7 +353,10 @@ class BucketStore:
                 time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
                 continue
             raise RuntimeError(self._busy_message(holder))
-        raise RuntimeError(f"Could not take the lease {self.lease_url}: it kept changing. Is another process starting with backup_dir={self.location!r}?")
+        raise RuntimeError(
+            f"Could not take the lease {self.lease_url}: it kept changing. "
+            f"Is another process starting with backup_dir={self.location!r}?"
+        )
 
     def _check_preconditions(self) -> None:
         """One more create-only put of the lease we hold: a server that lets
@@ -393,7 +418,9 @@ class BucketStore:
         if self._lost:
             raise RuntimeError(self._lost)
         if self._tag is None or os.getpid() != self._pid:
-            raise RuntimeError(f"backup_dir={self.location!r} is not open: open() takes the lease before any write.")
+            raise RuntimeError(
+                f"backup_dir={self.location!r} is not open: open() takes the lease before any write."
+            )
         if time.time() > self._expires - self.lease_seconds / 2:
             self._renew()
 
