@@ -640,16 +640,14 @@ class _GCSOps:
         self.fs = fs
 
     def put(self, path: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
+        import aiohttp
         from gcsfs.core import quote
 
         bucket, key, _ = self.fs.split_path(path)
-        boundary = f"=={uuid.uuid4().hex}=="
-        meta = json.dumps({"name": key})
-        head = (
-            f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n"
-            f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        body = b"".join((head, data, f"\r\n--{boundary}--\r\n".encode()))
+        # Streamed from `data` as it is: no second copy of the checkpoint.
+        body = aiohttp.MultipartWriter("related", boundary=f"=={uuid.uuid4().hex}==")
+        body.append_json({"name": key})
+        body.append(data, {"Content-Type": "application/octet-stream"})
         cond = {}
         if if_absent:
             cond["ifGenerationMatch"] = "0"
@@ -660,7 +658,7 @@ class _GCSOps:
                 "POST",
                 f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
                 uploadType="multipart",
-                headers={"Content-Type": f'multipart/related; boundary="{boundary}"'},
+                headers={"Content-Type": body.headers["Content-Type"]},
                 data=body,
                 json_out=True,
                 **cond,
