@@ -280,7 +280,7 @@ def test_killed_holder_elsewhere_expires_within_the_bound(bucket_url):
     with pytest.warns(UserWarning, match=f"from host .* pid {child.pid}: it expired"):
         store.open()
     try:
-        assert time.monotonic() - killed <= LEASE + 1.0  # the stated bound, plus polling
+        assert time.monotonic() - killed <= LEASE + 1.5  # the stated bound, plus polling
         assert lease_doc(bucket_url)["owner"] == store._token
     finally:
         store.close()
@@ -317,8 +317,14 @@ def test_forked_child_neither_writes_nor_releases(bucket_url):
                 code = 0
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
         assert lease_doc(bucket_url)["owner"] == store._token
         assert store.names() == []
     finally:

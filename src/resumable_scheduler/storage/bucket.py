@@ -275,14 +275,17 @@ class BucketStore:
 
     def close(self) -> None:
         thread, self._thread = self._thread, None
+        atexit.unregister(self.close)
+        if os.getpid() != self._pid:  # a forked child: the lease is its parent's
+            self._tag = None
+            return
         self._stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
-        atexit.unregister(self.close)
         with self._lock:
             tag, self._tag = self._tag, None
-            if tag is None or self._lost or os.getpid() != self._pid:
-                return  # not ours (lost, or this is a forked child)
+            if tag is None or self._lost:
+                return  # not ours (lost)
             try:
                 self._ops.delete(f"{self._path}/{LEASE_NAME}", if_match=tag)
             except (_Conflict, FileNotFoundError):
