@@ -340,6 +340,60 @@ def test_a_server_ignoring_preconditions_is_reported(bucket_url):
     store.close()
 
 
+WRITER = """
+import importlib.util, os, sys, zlib
+spec = importlib.util.spec_from_file_location("rs_bucket", sys.argv[1])
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+store = mod.BucketStore(sys.argv[2], lease_seconds=120)
+store.open()  # takes over the killed writer's lease at once (same machine)
+start = int(sys.argv[3])
+for i in range(start, start + 50):
+    data = os.urandom(8 * 2**20)
+    name = f"ckpt-{i:08d}-{zlib.crc32(data):08x}.weights.h5"
+    print("put", name, flush=True)
+    store.commit(name, data)
+    print("committed", name, flush=True)
+"""
+
+
+def test_sigkill_during_commits_leaves_only_whole_objects(bucket_url):
+    """A writer SIGKILLed at random instants, most of them inside an upload:
+    every object the store lists is whole (its CRC-32 is in its name), and
+    every commit that returned is there."""
+    import random
+    import zlib
+
+    rng = random.Random(9)
+    committed, inside = [], 0
+    for attempt in range(4):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER, BUCKET_PY, bucket_url, str(attempt * 100)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        puts = rng.randint(1, 3)
+        last = ""
+        while puts:
+            line = child.stdout.readline()
+            if not line:
+                raise AssertionError(f"writer exited: {child.stderr.read()[-2000:]}")
+            last = line
+            if line.startswith("committed"):
+                committed.append(line.split()[1])
+            elif line.startswith("put"):
+                puts -= 1
+        time.sleep(rng.uniform(0.0, 0.05))
+        kill(child)
+        rest = child.stdout.read().split("\n")
+        committed += [x.split()[1] for x in rest if x.startswith("committed")]
+        inside += last.startswith("put") and not any(x.startswith("committed") for x in rest)
+    reader = make(bucket_url)
+    names = reader.names()
+    assert set(committed) <= set(names)
+    for name in names:
+        assert zlib.crc32(reader.read(name)) == int(name.split("-")[2].split(".")[0], 16), name
+    assert inside >= 1  # at least one kill landed between the start and the end of a commit
+
+
 def test_missing_bucket(bucket):
     store = make(f"{bucket.scheme}://no-such-bucket-{bucket.name}/run")
     with pytest.raises(FileNotFoundError, match="the bucket does not exist"):
