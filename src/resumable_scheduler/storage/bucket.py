@@ -550,7 +550,8 @@ class _S3Ops:
         if isinstance(exc, FileExistsError):
             return True
         cause = exc.__cause__ or exc
-        code = getattr(cause, "response", {}).get("Error", {}).get("Code", "")
+        response = getattr(cause, "response", None)
+        code = (response.get("Error") or {}).get("Code", "") if isinstance(response, dict) else ""
         return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
     def put(self, path: str, data: bytes, *, if_absent: bool = False, if_match: str | None = None) -> str:
