@@ -34,8 +34,10 @@ cannot do):
   creation, renewal and takeover (conditional puts); checkpoint commits never
   overwrite (create-only puts). `open()` checks that the server enforces
   them (a second create-only put of the lease must fail) and warns if not;
-- enforced by the server on AWS S3, GCS and moto, NOT by fake-gcs-server
-  (it ignores preconditions on DELETE): the lease deletion at `close()`;
+- the lease deletion at `close()` is a conditional delete (S3 `If-Match`,
+  GCS `ifGenerationMatch`): enforced by GCS and moto, NOT by fake-gcs-server
+  (it ignores preconditions on DELETE); an S3 server that rejects `If-Match`
+  on DeleteObject gets a plain delete;
 - by this process only: checkpoint commits and deletes are refused once a
   renewal found the lease taken, and a commit or delete first renews the lease
   synchronously when the last renewal is older than `lease_seconds / 2`; a
