@@ -360,7 +360,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         if error is not None:
             warnings.warn(
                 f"A background save to backup_dir={self.backup_dir!r} of a fit that "
-                f"raised failed: {type(error).__name__}: {str(error)[:500]}. The "
+                f"raised failed: {type(error).__name__}: {str(error)[:500].rstrip('.')}. The "
                 "checkpoint before it is intact and is used.",
                 UserWarning,
                 stacklevel=3,

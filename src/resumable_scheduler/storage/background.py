@@ -81,9 +81,10 @@ class Writer:
     def wait(self) -> BaseException | None:
         """Waits for the write; returns its error the first time it is asked
         (None if it succeeded, or once its error was returned)."""
-        if self._thread is not threading.current_thread() and self._thread.ident is not None:
-            self._thread.join()
+        self.join()
         with _GUARD:
+            if _PENDING.get(self.key) is self:
+                del _PENDING[self.key]
             if self._collected or self._error is None:
                 return None
             self._collected = True
@@ -113,11 +114,7 @@ def wait_for(key: str) -> BaseException | None:
         writer = _PENDING.get(key)
     if writer is None:
         return None
-    error = writer.wait()
-    with _GUARD:
-        if _PENDING.get(key) is writer:
-            del _PENDING[key]
-    return error
+    return writer.wait()
 
 
 def join_for(key: str) -> None:
@@ -143,7 +140,7 @@ def _report_at_exit() -> None:
         if error is not None:
             print(
                 f"rs.BackupAndRestore: a background save to {key!r} failed after its "
-                f"fit ended: {type(error).__name__}: {str(error)[:500]}. The newest "
+                f"fit ended: {type(error).__name__}: {str(error)[:500].rstrip('.')}. The newest "
                 "checkpoint before it is intact.",
                 file=sys.stderr,
             )
