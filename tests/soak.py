@@ -51,15 +51,18 @@ def load_result(out):
 
 
 def run_soak(workdir: str, kills: int, seed: int = 0, delay: float = 0.01,
-             window: float = 1.5, epochs: int = 15, log=print) -> tuple[Tally, dict, dict]:
-    """Returns (tally, result of the killed run, result of the reference run)."""
+             window: float = 1.5, epochs: int = 15, log=print,
+             backup: str | None = None) -> tuple[Tally, dict, dict]:
+    """Returns (tally, result of the killed run, result of the reference run).
+    `backup` is the backup_dir (default: `workdir/backup`; a bucket URL works)."""
     rng = random.Random(seed)
-    backup, out, ref_out = (os.path.join(workdir, n) for n in ("backup", "out", "ref"))
+    out, ref_out = (os.path.join(workdir, n) for n in ("out", "ref"))
+    backup = backup or os.path.join(workdir, "backup")
     common = ["--save-freq", "1", "--epochs", str(epochs)]
     ref = _child([os.path.join(workdir, "unused"), ref_out, *common, "--no-backup"])
     if ref.wait(timeout=600) != 0:
         raise RuntimeError("the reference child failed")
-    env = dict(os.environ, **{DELAY_ENV: str(delay)})
+    env = dict(os.environ, **({DELAY_ENV: str(delay)} if delay else {}))
     tally = Tally()
     while True:
         child = _child([backup, out, *common], env=env)
@@ -78,6 +81,7 @@ def run_soak(workdir: str, kills: int, seed: int = 0, delay: float = 0.01,
         child.send_signal(signal.SIGKILL)
         child.wait()
         tally.kills += 1
+        # (A bucket has no temporaries: an object appears whole or not at all.)
         inside = any(TMP_MARK in n for n in os.listdir(backup)) if os.path.isdir(backup) else False
         tally.inside_write += inside
         try:

@@ -65,8 +65,9 @@ class Checkpoint:
 
     def weights(self) -> "_Buffer":
         """An in-memory file `model.load_weights` reads (its `str()` is the
-        checkpoint's name, which Keras checks for `.weights.h5`)."""
-        return _Buffer(self.path, self.data)
+        checkpoint's base name, which Keras checks for `.weights.h5`; never a
+        URL, which Keras would try to copy through TensorFlow)."""
+        return _Buffer(self.path.rstrip("/").rsplit("/", 1)[-1], self.data)
 
 
 def _number(name: str) -> int | None:
@@ -131,7 +132,7 @@ def commit(store: Store | str, save: Callable[[Any], None]) -> str:
     store = store_for(store) if isinstance(store, str) else store
     existing = checkpoint_names(store)
     seq = _number(existing[-1]) + 1 if existing else 0
-    buffer = _Buffer(store.describe(f"ckpt-{seq:08d}{SUFFIX}"))
+    buffer = _Buffer(f"ckpt-{seq:08d}{SUFFIX}")  # a name, never a URL (see `weights`)
     try:
         save(buffer)
         data = buffer.getvalue()
