@@ -352,3 +352,13 @@ def test_save_best_only_keeps_its_best_across_a_resume(tmp_path):
     assert 1 <= len(orbax_dir.complete_steps(d)) <= 6
     assert cb.best <= saved
     assert rs.read_state(d)["callbacks"]["OrbaxCheckpoint"]["best"] == cb.best
+
+
+def test_an_s3_directory_is_refused_with_the_way_out():
+    with pytest.raises(ValueError) as e:
+        rs.OrbaxCheckpoint("s3://bucket/run")
+    msg = str(e.value)
+    assert msg.startswith("Invalid value for argument `directory`. Received: directory='s3://bucket/run'.")
+    assert "s3:// object storage has no folders or renames, so Orbax cannot write there" in msg
+    assert "Use rs.BackupAndRestore(backup_dir='s3://bucket/run')" in msg
+    assert rs.OrbaxCheckpoint("gs://bucket/run").directory == "gs://bucket/run"  # Orbax's own

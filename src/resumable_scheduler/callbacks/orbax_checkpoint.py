@@ -38,6 +38,11 @@ GROUPS = ("trainable_variables", "non_trainable_variables", "optimizer_variables
 _HOST_RNG_PREFIXES = ("rng_", training_state.NOW)
 
 
+#: URL schemes Orbax's own path layer writes to (Google Cloud Storage, through
+#: tensorstore); any other URL is refused with a clear error.
+ORBAX_URL_SCHEMES = ("gs",)
+
+
 class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     """Saves with Orbax like `keras.callbacks.OrbaxCheckpoint`, and resumes exactly.
 
@@ -167,7 +172,18 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 f"Received: max_to_keep={max_to_keep!r}. Expected None or an integer >= 1."
             )
         directory = os.fspath(directory)
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        scheme = directory.split("://", 1)[0] if "://" in directory else ""
+        if scheme and scheme not in ORBAX_URL_SCHEMES:
+            raise ValueError(
+                "Invalid value for argument `directory`. "
+                f"Received: directory={directory!r:.200}. Orbax writes a checkpoint as a "
+                "folder it renames into place (`<step>.orbax-checkpoint-tmp`), through "
+                f"its own path layer, which supports {', '.join(s + '://' for s in ORBAX_URL_SCHEMES)} "
+                f"and local paths; {scheme}:// object storage has no folders or renames, so "
+                "Orbax cannot write there. Use rs.BackupAndRestore(backup_dir="
+                f"{directory!r:.200}), which writes each checkpoint as one object."
+            )
+        self.directory = directory if scheme else os.path.abspath(directory)
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_freq = save_freq
