@@ -355,6 +355,7 @@ PRIVATE_OUTSIDE = {
     "_set_monitor_op": "test_pin_monitor_callback_helpers",
     "_is_improvement": "test_pin_monitor_callback_helpers",
     "_reset": "test_pin_reduce_lr_on_plateau_reset",
+    "_reduce_optimizer_lr": "test_pin_reduce_lr_on_plateau_reduce_hook",
     "_learning_rate": "test_pin_optimizer_learning_rate_slot_and_error",
     "_initial_epoch": "test_pin_initial_epoch_is_an_instance_attribute",
     # Keras's names that we offer or keep on our own objects:
@@ -461,6 +462,28 @@ def test_pin_reduce_lr_on_plateau_reset():
         cb.best, cb.cooldown_counter, cb.wait = 0.5, 2, 3
         cb._reset()
         assert (cb.best, cb.cooldown_counter, cb.wait) == (None, 0, 0)
+
+
+def test_pin_reduce_lr_on_plateau_reduce_hook():
+    # rs.ReduceLROnPlateau runs Keras's own on_epoch_end and overrides the
+    # hook it calls for each optimizer's reduction.
+    calls = []
+
+    class Probe(keras.callbacks.ReduceLROnPlateau):
+        def _reduce_optimizer_lr(self, optimizer, epoch, name=""):
+            calls.append((epoch, name))
+            return True
+
+    with internal("keras.callbacks.ReduceLROnPlateau._reduce_optimizer_lr(optimizer, epoch, name)"):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(), loss="mse")
+        cb = Probe(monitor="loss", patience=1, min_delta=1e9)
+        cb.set_model(model)
+        cb.on_train_begin()
+        cb.on_epoch_end(0, {"loss": 1.0})
+        cb.on_epoch_end(1, {"loss": 1.0})
+        assert calls == [(1, "")]
+        assert cb.cooldown_counter == cb.cooldown and cb.wait == 0
 
 
 def test_pin_optimizer_learning_rate_slot_and_error():

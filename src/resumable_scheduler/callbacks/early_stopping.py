@@ -15,6 +15,9 @@ from resumable_scheduler.callbacks._run_state import RunStateMixin
 from resumable_scheduler.monitor_state import EarlyStoppingState
 
 _ARRAY_KEY = re.compile(r"^best_weights\.(\d+)$")
+#: Stands in for restored best weights that were not delivered, during
+#: Keras's on_epoch_end (see `EarlyStopping.on_epoch_end`).
+_LOST: list[Any] = []
 
 
 class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
@@ -228,34 +231,22 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
         self._begin_epoch(epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        # Keras's logic, with self._model and a record of lost best weights.
+        # Keras's own on_epoch_end (upstream fixes arrive), around our
+        # bookkeeping. Restored best weights that were not delivered must not
+        # be replaced by this epoch's weights unless this epoch improves:
+        # Keras takes the current weights when `best_weights is None`, so a
+        # placeholder stands in for the lost ones meanwhile.
         self._settle(epoch)  # hooks driven by hand may skip on_epoch_begin
-        if self.monitor_op is None:
-            self._set_monitor_op()
-        current = self.get_monitor_value(logs)
-        if current is None or epoch < self.start_from_epoch:
-            self._end_epoch(epoch)
-            return
-        model = self._model
-        if self.restore_best_weights and self.best_weights is None and not self._lost_best_weights:
-            # If best weights were never set, then the current weights are the best.
-            self.best_weights = model.get_weights()
-            self.best_epoch = epoch
-        self.wait += 1
-        if self._is_improvement(current, self.best):
-            self.best = current
-            self.best_epoch = epoch
-            if self.restore_best_weights:
-                self.best_weights = model.get_weights()
-                self._lost_best_weights = False
-            # Only restart wait if we beat both the baseline and our previous best.
-            if self.baseline is None or self._is_improvement(current, self.baseline):
-                self.wait = 0
-            self._end_epoch(epoch)
-            return
-        if self.wait >= self.patience and epoch > 0:
-            self.stopped_epoch = epoch
-            model.stop_training = True
+        lost = self.restore_best_weights and self.best_weights is None and self._lost_best_weights
+        if lost:
+            self.best_weights = _LOST
+        try:
+            super().on_epoch_end(epoch, logs)
+        finally:
+            if self.best_weights is _LOST:
+                self.best_weights = None
+            elif lost:
+                self._lost_best_weights = False  # this epoch improved: real best weights
         self._end_epoch(epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:

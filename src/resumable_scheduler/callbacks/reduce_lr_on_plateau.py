@@ -198,43 +198,14 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
             return True
         return False
 
+    def _reduce_optimizer_lr(self, optimizer: Any, epoch: int, name: str = "") -> bool:
+        # Keras's hook for one optimizer's reduction: ours reads and sets the
+        # rate through lr_access (float rates and rs.StepSchedule bases).
+        return self._reduce(optimizer, epoch, name)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        # Keras's logic, with the rate read and set through lr_access.
+        # Keras's own on_epoch_end (upstream fixes arrive), around our
+        # bookkeeping of the epochs seen.
         self._settle(epoch)  # hooks driven by hand may skip on_epoch_begin
-        if self.monitor_op is None:
-            self._set_monitor_op()
-        logs = logs if logs is not None else {}
-        opt = self._model.optimizer
-        multi = hasattr(opt, "optimizers")
-        opts = lr_access.optimizers_of(opt)
-        if multi:
-            for o in opts:
-                logs[f"learning_rate_{o.name}"] = lr_access.current_rate(o)
-        else:
-            logs["learning_rate"] = lr_access.current_rate(opt)
-        current = logs.get(self.monitor)
-        if current is None:
-            warnings.warn(
-                "Learning rate reduction is conditioned on metric "
-                f"`{self.monitor}` which is not available. Available metrics "
-                f"are: {','.join(list(logs.keys()))}.",
-                stacklevel=2,
-            )
-        else:
-            if self.in_cooldown():
-                self.cooldown_counter -= 1
-                self.wait = 0
-            if self._is_improvement(current, self.best):
-                self.best = current
-                self.wait = 0
-            elif not self.in_cooldown():
-                self.wait += 1
-                if self.wait >= self.patience:
-                    reduced = False
-                    for o in opts:
-                        if self._reduce(o, epoch, o.name if multi else ""):
-                            reduced = True
-                    if reduced:
-                        self.cooldown_counter = self.cooldown
-                        self.wait = 0
+        super().on_epoch_end(epoch, logs)
         self._end_epoch(epoch)
