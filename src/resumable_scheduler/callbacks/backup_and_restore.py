@@ -154,6 +154,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         self.preempted: int | None = None
         self._store = store_for(self.backup_dir)
         self._writer: background.Writer | None = None
+        #: The host copy of the last background save (reused by the next one
+        #: once its write is done; see `background.HostCopier`).
+        self._host_arrays: list | None = None
         self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
@@ -193,6 +196,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             self._raise_write_error()  # waits for the background write
         finally:
             self._join_writer()
+            self._host_arrays = None
             self._restore_handlers()
             self._store.close()
         if self._exit_if_preempted():
@@ -207,6 +211,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # A background write still running is finished first (its error, if
         # any, is warned about: the fit it belongs to has already raised).
         writer, self._writer = self._writer, None
+        self._host_arrays = None
         if writer is not None:
             self._collect_pending(writer.wait())
         owner = _LOCK_OWNERS.get(self._owner_key())
@@ -327,7 +332,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
                 # The host copy, taken now in the training thread: everything
                 # `save_weights` would write at this instant, callback states
                 # included.
-                records = ki.record_weights(model, background.host_copy)
+                copier = background.HostCopier(self._host_arrays)
+                self._host_arrays = None  # in flight: not reusable until written
+                records = ki.record_weights(model, copier)
         finally:
             tracker.extra = None
         if not self.save_on_background:
@@ -339,6 +346,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             layout.prune(store, keep=keep)
 
         self._writer = background.submit(self._owner_key(), write)
+        self._writer.arrays = copier.arrays
 
     # -- background writes ---------------------------------------------------
 
@@ -347,6 +355,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         writer, self._writer = self._writer, None
         if writer is not None:
             error = writer.wait()
+            self._host_arrays = writer.arrays  # written: free for the next save
             if error is not None:
                 raise error
 

@@ -53,6 +53,49 @@ def host_copy(value: Any) -> np.ndarray:
     return arr
 
 
+class HostCopier:
+    """The `copy` function of one snapshot (see `_keras_internals.record_weights`).
+
+    Each value is copied into the array at the same place of the previous
+    snapshot (`spare`, whose write has finished) when its shape and dtype
+    match, else into a new array: a save after the first allocates nothing,
+    and the process holds one host copy of the state between saves, not a
+    new one per save. `arrays` lists this snapshot's arrays, in order, to be
+    handed on as the next one's `spare` once its write is done.
+    """
+
+    def __init__(self, spare: list[np.ndarray] | None = None) -> None:
+        self._spare = list(spare or ())
+        self.arrays: list[np.ndarray] = []
+
+    def __call__(self, value: Any) -> np.ndarray:
+        i = len(self.arrays)
+        spare = self._spare[i] if i < len(self._spare) else None
+        out = self._copy(value, spare)
+        self.arrays.append(out)
+        return out
+
+    @staticmethod
+    def _copy(value: Any, spare: np.ndarray | None) -> np.ndarray:
+        src: np.ndarray | None = None
+        if isinstance(value, np.ndarray):
+            src = value
+        else:
+            tensor = getattr(value, "value", value)  # a Keras variable's backend tensor
+            try:
+                # A view where the backend allows one (JAX and PyTorch on CPU),
+                # else the device-to-host transfer itself.
+                src = np.asarray(tensor)
+            except Exception:  # noqa: BLE001 - e.g. a PyTorch tensor that requires grad
+                src = None
+            if src is None or src.dtype == object:
+                return host_copy(value)
+        if spare is not None and spare.shape == src.shape and spare.dtype == src.dtype:
+            np.copyto(spare, src)
+            return spare
+        return np.array(src, copy=True)
+
+
 class Writer:
     """One background write: `job()` runs on its own (non-daemon) thread."""
 
@@ -61,6 +104,9 @@ class Writer:
         self._job: Callable[[], None] | None = job
         self._error: BaseException | None = None
         self._collected = False
+        #: The host arrays the write serializes (the writer's owner hands
+        #: them to the next snapshot once the write is done).
+        self.arrays: list[np.ndarray] = []
         self._thread = threading.Thread(target=self._run, name=f"rs-backup-writer {key}", daemon=False)
 
     def _run(self) -> None:
