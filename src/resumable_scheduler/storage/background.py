@@ -32,7 +32,9 @@ import numpy as np
 
 #: Location -> its newest writer (finished or not).
 _PENDING: dict[str, "Writer"] = {}
-_GUARD = threading.Lock()
+#: Re-entrant: a garbage-collection finalizer (a dropped fit's clean-up)
+#: may wait for a write while this thread holds it.
+_GUARD = threading.RLock()
 _EXIT_HOOK: list[bool] = []
 
 
