@@ -317,3 +317,52 @@ def test_save_on_background_is_the_default_and_a_constructor_argument():
     assert rs.BackupAndRestore("unused", save_on_background=False).save_on_background is False
     doc = rs.BackupAndRestore.__doc__
     assert "at most one extra host copy" in doc
+
+
+def test_sigterm_commits_the_preemption_checkpoint_before_exiting(tmp_path):
+    # Every write takes 0.3 s; the preemption checkpoint is the newest on
+    # disk when the process has exited, at the batch after the last trained.
+    d = os.fspath(tmp_path / "backup")
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+        sys.path.insert(0, {os.getcwd()!r})
+        import keras, numpy as np
+        import resumable_scheduler as rs
+        from resumable_scheduler.storage.local import LocalStore
+        from tests.resume_helpers import make_model, fit
+
+        class Slow(LocalStore):
+            def commit(self, name, data):
+                time.sleep(0.3)
+                super().commit(name, data)
+
+        class Say(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                print("batch", self.epoch, batch, flush=True)
+                time.sleep(0.05)
+
+        cb = rs.BackupAndRestore({d!r}, save_freq=1)
+        cb._store = Slow({d!r})
+        fit(make_model(), [cb, Say()])
+    """)
+    import signal
+
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    lines = []
+    for line in child.stdout:
+        lines.append(line.split())
+        if lines[-1] == ["batch", "1", "2"]:
+            child.send_signal(signal.SIGTERM)
+            break
+    lines += [line.split() for line in child.stdout]
+    assert child.wait(timeout=120) == rs.PREEMPTED_EXIT_CODE
+    epoch, batch = map(int, lines[-1][1:])
+    want = (epoch, batch + 1) if batch < 4 else (epoch + 1, 0)  # 5 batches an epoch
+    ckpt, errors = layout.newest_usable(LocalStore(d))
+    assert not errors
+    assert (ckpt.doc["position"]["epoch"], ckpt.doc["position"]["batch"]) == want
