@@ -210,10 +210,8 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # re-entrant per process); only its last taker releases it.
         # A background write still running is finished first (its error, if
         # any, is warned about: the fit it belongs to has already raised).
-        writer, self._writer = self._writer, None
         self._host_arrays = None
-        if writer is not None:
-            self._collect_pending(writer.wait())
+        self._join_writer()
         owner = _LOCK_OWNERS.get(self._owner_key())
         if owner is not None and owner() is self:
             self._store.close()
@@ -352,17 +350,21 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
 
     def _raise_write_error(self) -> None:
         """Waits for this callback's background write; raises its error."""
-        writer, self._writer = self._writer, None
+        writer = self._writer
         if writer is not None:
-            error = writer.wait()
+            error = writer.wait()  # (a KeyboardInterrupt here leaves it ours)
+            self._writer = None
             self._host_arrays = writer.arrays  # written: free for the next save
             if error is not None:
                 raise error
 
     def _join_writer(self) -> None:
-        writer, self._writer = self._writer, None
+        """Waits for this callback's background write; warns of its error."""
+        writer = self._writer
         if writer is not None:
-            self._collect_pending(writer.wait())
+            error = writer.wait()
+            self._writer = None
+            self._collect_pending(error)
 
     def _collect_pending(self, error: BaseException | None) -> None:
         """Reports the failed write of a fit that had already raised."""
