@@ -41,6 +41,7 @@ PINNED = {
     "epoch_input": "test_epoch_input_reads_what_a_position_depends_on",
     "record_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
     "write_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
+    "on_callback_exception": "test_a_callback_exception_passes_through_the_fit_callback_list",
 }
 
 
@@ -604,3 +605,32 @@ class _NamedBuffer(__import__("io").BytesIO):
 
     def __str__(self):
         return "model.weights.h5"
+
+
+@pytest.mark.parametrize("hook", ["on_train_batch_begin", "on_train_batch_end", "on_epoch_begin", "on_epoch_end",
+                                  "on_test_batch_begin", "on_train_end"])
+def test_a_callback_exception_passes_through_the_fit_callback_list(hook):
+    """Background saves flush when any callback raises: `fit` calls every
+    hook through the `CallbackList` in its local `callbacks`, so a wrapper
+    set on that instance in `on_train_begin` sees the exception first."""
+    seen = []
+
+    class Install(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.installed = ki.on_callback_exception(self.model, lambda: seen.append(hook))
+
+    class Boom(keras.callbacks.Callback):
+        pass
+
+    def boom(self, *args, **kwargs):
+        raise KeyboardInterrupt(hook)
+
+    setattr(Boom, hook, boom)
+    with internal("Model.fit calls callbacks through its local CallbackList `callbacks` (instance attributes win)"):
+        model = tiny_model()
+        install = Install()
+        x, y = np.ones((4, 20), "float32"), np.zeros((4, 10), "float32")
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, y, batch_size=2, epochs=2, validation_data=(x, y), callbacks=[install, Boom()], verbose=0)
+        assert install.installed and seen == [hook]
+        assert ki.on_callback_exception(model, lambda: None) is False  # outside fit

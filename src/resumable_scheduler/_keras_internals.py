@@ -336,3 +336,45 @@ def write_weights(records: list[Any], target: Any) -> None:
                 entry[key] = value
     finally:
         store.close()
+
+
+#: The `CallbackList` methods `fit` calls (evaluation inside `fit` included):
+#: an exception of any callback passes through one of them.
+_FIT_HOOKS = (
+    "on_epoch_begin", "on_epoch_end", "on_train_batch_begin", "on_train_batch_end",
+    "on_test_begin", "on_test_end", "on_test_batch_begin", "on_test_batch_end", "on_train_end",
+)
+
+
+def on_callback_exception(model: Any, handler: Any) -> bool:
+    """Makes `handler()` run when any callback of the running `model.fit`
+    raises, before the exception leaves `fit` (Keras skips `on_train_end`
+    then). Call it from a callback's `on_train_begin`; returns False outside
+    a fit.
+
+    `fit` calls its callbacks through the `CallbackList` held in its local
+    `callbacks`; the hooks above are wrapped on that instance only (it lives
+    as long as that fit).
+    """
+    import functools
+
+    cl = running_fit_callback_list(model)
+    if cl is None:
+        return False
+
+    def guard(inner: Any) -> Any:
+        @functools.wraps(inner)
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return inner(*args, **kwargs)
+            except BaseException:
+                handler()
+                raise
+
+        return hook
+
+    for name in _FIT_HOOKS:
+        inner = getattr(cl, name, None)
+        if inner is not None:
+            setattr(cl, name, guard(inner))
+    return True

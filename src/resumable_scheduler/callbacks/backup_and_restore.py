@@ -65,9 +65,11 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     its serialized bytes) in flight. The end of `fit`, a preemption and the
     end of the program wait for the write; a write that fails raises its
     error in the training thread at the next save point or at the end of
-    `fit`. A kill during a write leaves the previous checkpoint. After a
-    `fit` that raised, a new `BackupAndRestore` on the same `backup_dir`
-    waits for its last write before reading.
+    `fit`. A kill during a write leaves the previous checkpoint. An
+    exception raised by a callback leaves `fit` once the write in flight is
+    committed; after any other exception (from the model or the data), a
+    new `BackupAndRestore` on the same `backup_dir` waits for that write
+    before reading.
 
     Concurrency: one process per `backup_dir` (a second one gets a
     `RuntimeError`; a lock left by a dead process does not block). Not
@@ -187,6 +189,17 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
                 # Then even the first checkpoint has one to fall back on.
                 self._commit(0, 0, None)
         self._install_handlers()
+        if self.save_on_background:
+            # An exception of any callback (an interrupt) ends fit only once
+            # the write in flight is committed, as a synchronous save would be.
+            me = weakref.ref(self)
+
+            def flush() -> None:
+                cb = me()
+                if cb is not None:
+                    cb._join_writer()
+
+            ki.on_callback_exception(model, flush)
 
     # on_epoch_begin, on_train_batch_end, on_epoch_end: ResumeMixin.
 
