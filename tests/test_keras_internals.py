@@ -617,7 +617,10 @@ def test_a_callback_exception_passes_through_the_fit_callback_list(hook):
 
     class Install(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
+            import weakref
+
             self.installed = ki.on_callback_exception(self.model, lambda: seen.append(hook))
+            self.callback_list = weakref.ref(ki.running_fit_callback_list(self.model))
 
     class Boom(keras.callbacks.Callback):
         pass
@@ -633,4 +636,6 @@ def test_a_callback_exception_passes_through_the_fit_callback_list(hook):
         with pytest.raises(KeyboardInterrupt):
             model.fit(x, y, batch_size=2, epochs=2, validation_data=(x, y), callbacks=[install, Boom()], verbose=0)
         assert install.installed and seen == [hook]
+        # No reference cycle: the fit's CallbackList is freed with its exception.
+        assert install.callback_list() is None
         assert ki.on_callback_exception(model, lambda: None) is False  # outside fit

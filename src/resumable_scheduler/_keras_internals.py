@@ -354,19 +354,29 @@ def on_callback_exception(model: Any, handler: Any) -> bool:
 
     `fit` calls its callbacks through the `CallbackList` held in its local
     `callbacks`; the hooks above are wrapped on that instance only (it lives
-    as long as that fit).
+    as long as that fit; the wrappers hold it weakly, so it is still freed
+    as soon as the fit's exception is dropped).
     """
     import functools
+    import weakref
 
     cl = running_fit_callback_list(model)
     if cl is None:
         return False
+    cl_ref = weakref.ref(cl)
 
-    def guard(inner: Any) -> Any:
-        @functools.wraps(inner)
+    def guard(name: str) -> Any:
+        # A hook wrapped already (a second callback asking) holds no
+        # reference to the list; Keras's own method is called unbound.
+        wrapped = cl.__dict__.get(name)
+        method = getattr(type(cl), name)
+
+        @functools.wraps(method)
         def hook(*args: Any, **kwargs: Any) -> Any:
             try:
-                return inner(*args, **kwargs)
+                if wrapped is not None:
+                    return wrapped(*args, **kwargs)
+                return method(cl_ref(), *args, **kwargs)
             except BaseException:
                 handler()
                 raise
@@ -374,7 +384,6 @@ def on_callback_exception(model: Any, handler: Any) -> bool:
         return hook
 
     for name in _FIT_HOOKS:
-        inner = getattr(cl, name, None)
-        if inner is not None:
-            setattr(cl, name, guard(inner))
+        if hasattr(type(cl), name):
+            setattr(cl, name, guard(name))
     return True
