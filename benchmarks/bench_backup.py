@@ -161,8 +161,6 @@ def bench_blocked(saves: int, every: int, batch_size: int) -> dict[str, object]:
             model.fit(x, y, epochs=1, batch_size=batch_size, shuffle=False, callbacks=callbacks, verbose=0)
             wall = time.perf_counter() - t
             out[kind] = (statistics.median(blocked[2:]) if len(blocked) > 2 else None, wall)
-            if os.environ.get("BENCH_DEBUG"):
-                print(kind, [round(b * 1e3, 1) for b in blocked], f"sum {sum(blocked):.2f} s wall {wall:.2f} s")
             if kind == "none":
                 out["state_bytes"] = state_bytes(model)
                 out["host_copy"] = statistics.median(copier.times[2:])

@@ -61,8 +61,9 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     on while a writer thread serializes the checkpoint and commits it. The
     file is the same as with `save_on_background=False` and holds the values
     of the save point. The next save waits only if the previous write is
-    still running. Memory: at most one extra host copy of the state (plus
-    its serialized bytes) in flight. The end of `fit`, a preemption and the
+    still running. Memory: at most one extra host copy of the state, kept
+    during `fit` and reused from save to save, plus the serialized bytes of
+    the write in flight. The end of `fit`, a preemption and the
     end of the program wait for the write; a write that fails raises its
     error in the training thread at the next save point or at the end of
     `fit`. A kill during a write leaves the previous checkpoint. An
