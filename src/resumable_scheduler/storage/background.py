@@ -1,17 +1,19 @@
 """Background checkpoint writes: one writer thread per location at a time.
 
 A background save has two halves. In the training thread, the state is
-copied to host memory once (`host_copy` of every value Keras's saving
-would write, plus the envelope and training arrays); training then goes on
-while a `Writer` thread serializes those copies and commits them through
-the location's `Store`. The next save of the same location waits for the
-previous write first, so at most one write (one extra host copy of the
-state) is in flight per location.
+copied to host memory once (a `HostCopier` copies every value Keras's
+saving would write, the envelope and training arrays included, into the
+arrays of the previous snapshot); training then goes on while a `Writer`
+thread serializes those copies and commits them through the location's
+`Store`. The next save of the same location waits for the previous write
+first, so at most one write (one extra host copy of the state) is in
+flight per location.
 
 `_PENDING` maps each location (a local directory's absolute path, or a
 URL) to its newest `Writer`, across all callbacks of the process: a new
-callback on the same location waits for it before it reads (a `fit` that
-raised leaves its last write running; a rerun must see it committed).
+callback on the same location waits for it before it reads (a `fit` ended
+by an error of the model or the data leaves its last write running; a
+rerun must see it committed).
 Writer threads are not daemons, so the interpreter finishes them before it
 exits; a failure nobody collected is then printed to stderr.
 
