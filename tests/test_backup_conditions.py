@@ -109,7 +109,9 @@ def test_second_process_is_refused_and_dead_lock_does_not_block(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in child.stdout:
-            if line.startswith("batch"):
+            # The save after batch 1 waits for the (background) write of
+            # batch 0's: a checkpoint is committed once batch 1 is reported.
+            if line.strip() == "batch 0 1":
                 break
         with pytest.raises(RuntimeError, match=re.escape(f"Another process is training with backup_dir={d!r}")):
             fit(make_model(), [rs.BackupAndRestore(d, save_freq=1)])

@@ -92,8 +92,10 @@ def test_sigkill_soak_against_a_bucket_is_bitwise_equal(tmp_path, bucket_url):
     # Quick mode: 4 kills (RS_SOAK_KILLS for more). A killed child's lease is
     # taken over at once on the same machine (its process is gone).
     kills = int(os.environ.get("RS_BUCKET_SOAK_KILLS", "4"))
-    tally, got, want = run_soak(os.fspath(tmp_path), kills=kills, seed=3, delay=0.0, window=2.0,
-                                epochs=8 + kills * 2, log=lambda m: None, backup=bucket_url)
+    # Enough epochs that no life can finish the run before the last kill
+    # (a life trains for at most `window` s; 5 batches an epoch).
+    tally, got, want = run_soak(os.fspath(tmp_path), kills=kills, seed=3, delay=0.0, window=1.5,
+                                epochs=60 + 20 * kills, log=lambda m: None, backup=bucket_url)
     assert tally.kills == kills, tally
     assert got["iterations"] == want["iterations"]
     assert got["lr"] == want["lr"]

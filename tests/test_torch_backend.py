@@ -34,6 +34,7 @@ FILES = [
     "test_fit_lifecycle.py",
     "test_changed_inputs.py",
     "test_fit_lifecycle_data.py",
+    "test_background_save.py",
 ]
 
 
