@@ -153,12 +153,14 @@ def test_demo_kills_at_random_batches_and_resumes_bit_for_bit(tmp_path):
     assert result["killed_at"] == [(1, 3), (2, 1), (2, 2)]
     assert result["runs"] == 4
     for at, saved in zip(result["killed_at"], result["checkpoints"]):
-        # Each batch is committed before the child reports it (the last batch
-        # of an epoch at the start of the next one); the kill lands a few ms
-        # later, so the checkpoint is never behind what was reported.
+        # Saves are written in the background: when the child reports a
+        # batch, its own write may be in flight, but the previous batch's is
+        # committed (each save waits for the write before it). The kill
+        # lands a few ms later, so the checkpoint is at most one batch behind
+        # what was reported.
         assert saved is not None
         n = demo.BATCHES_PER_EPOCH
-        assert saved[0] * n + saved[1] >= at[0] * n + at[1] - (at[1] == 0)
+        assert saved[0] * n + saved[1] >= at[0] * n + at[1] - 1
     assert result["resumed"] == result["reference"]
     assert round(result["resumed"]["learning_rate"], 5) == 0.00607
     assert result["resumed"]["iterations"] == 75
