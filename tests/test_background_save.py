@@ -416,3 +416,21 @@ def test_sigterm_commits_the_preemption_checkpoint_before_exiting(tmp_path):
     ckpt, errors = layout.newest_usable(LocalStore(d))
     assert not errors
     assert (ckpt.doc["position"]["epoch"], ckpt.doc["position"]["batch"]) == want
+
+
+def test_read_state_in_the_same_process_sees_the_write_a_data_error_left_in_flight(tmp_path):
+    d = os.fspath(tmp_path / "backup")
+    store = RecordingStore(d, delay=0.3)
+    interrupted = make_model()
+    try:
+        interrupted.fit(Batches(boom=33), epochs=EPOCHS, verbose=0,
+                         callbacks=[backup(d, store, save_freq=1), rs.LearningRateScheduler(documented_schedule)])
+    except KeyboardInterrupt:
+        pending = background._PENDING.get(os.path.abspath(d))
+        assert pending is not None and not pending.done()
+        # Read while the exception (and the write) is still alive.
+        state = rs.read_state(d)
+        trained = int(np.asarray(interrupted.optimizer.iterations))
+        assert state["step"] == trained  # the last batch trained is committed
+    else:
+        pytest.fail("the data error did not end fit")

@@ -220,15 +220,29 @@ def prune(store: Store | str, keep: int) -> None:
         store.delete(name)
 
 
-def is_backup_dir(path: str) -> bool:
+def _settled_store(path: str) -> Store:
+    """The store at `path`, once a background write to it that this process
+    left running (a `fit` that raised) is finished: a reader in the same
+    process sees what that `fit` committed."""
+    import sys
+
     store = store_for(path)
+    # No background write can be pending unless the module was loaded.
+    background = sys.modules.get("resumable_scheduler.storage.background")
+    if background is not None:
+        background.join_for(getattr(store, "directory", store.location))
+    return store
+
+
+def is_backup_dir(path: str) -> bool:
+    store = _settled_store(path)
     return bool(checkpoint_names(store)) or store.exists(STOCK_WEIGHTS)
 
 
 def read_envelope(path: str) -> tuple[dict[str, Any] | None, str]:
     """The newest readable envelope in a backup directory or bucket prefix
     (ours or stock)."""
-    store = store_for(path)
+    store = _settled_store(path)
     ckpt, errors = newest_usable(store)
     if ckpt is not None:
         return ckpt.doc, ckpt.path
