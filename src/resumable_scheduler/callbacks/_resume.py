@@ -23,7 +23,7 @@ The host class provides the storage:
 
 In `on_train_begin` it calls `_reset_position()`, loads the variables of the
 newest checkpoint, then `_resume_from(doc, arrays)` (or `_start_fresh()`) and
-`_install_handlers()`; in `on_train_end`, `_end_position(commit_boundary)`
+`_install_handlers()`; in `on_train_end`, `_end_position()`
 then `_restore_handlers()` and `_exit_if_preempted()`.
 
 Not thread-safe: every method runs on the thread that runs `fit`.
@@ -337,10 +337,9 @@ class ResumeMixin:
         else:
             self._commit(self._epoch, self._batch, self._epoch_rng)
 
-    def _end_position(self, commit_boundary: bool = True) -> None:
-        """In `on_train_end`: drop the batch skip and the failed-fit watch.
-        (Epoch ends are committed in `on_epoch_end`; `commit_boundary` is
-        kept for the host classes' calls.)"""
+    def _end_position(self) -> None:
+        """In `on_train_end`: drop the batch skip and the failed-fit watch
+        (epoch ends are committed in `on_epoch_end`)."""
         if self._skip is not None:
             self._skip.uninstall()
         watch = getattr(self, "_fit_watch", None)

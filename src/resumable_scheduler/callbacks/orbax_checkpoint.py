@@ -282,7 +282,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
-            self._end_position(commit_boundary=True)
+            self._end_position()
             self.wait_until_finished()
         finally:
             self._restore_handlers()
