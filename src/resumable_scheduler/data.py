@@ -30,7 +30,7 @@ import warnings
 import weakref
 from typing import Any, Callable
 
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
 
 
 _ACTIVE: "_SkipPatch | None" = None
@@ -233,7 +233,7 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
     batch = position.get("batch") or 0
     if not batch:
         return  # an epoch boundary does not depend on the input
-    model = getattr(owner, "_model", None)
+    model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
     if it is None or not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
         return  # no position to rebuild: the epoch reruns (see skip_batches)
@@ -293,7 +293,7 @@ def steps_in_epoch(owner: Any) -> int | None:
     the input ran out of data). None when unknown."""
     params = getattr(owner, "params", None) or {}
     steps = params.get("steps")
-    model = getattr(owner, "_model", None)
+    model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
     if it is None:
         return steps
@@ -324,7 +324,7 @@ def warn_partial_epochs(owner: Any) -> None:
     one stopped in the data (40 samples, batch 4, steps_per_epoch=6 gives
     epochs of 6, 4, 6, 4... batches), and a resume, at an epoch boundary or
     mid-epoch, starts a fresh pass instead."""
-    model = getattr(owner, "_model", None)
+    model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
     if it is None or it in _WARNED:
         return

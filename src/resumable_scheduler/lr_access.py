@@ -37,6 +37,8 @@ import math
 from typing import Any
 
 import keras
+
+from resumable_scheduler._adapters import keras as ki
 import numpy as np
 
 from resumable_scheduler.schedules import StepSchedule
@@ -46,7 +48,7 @@ __all__ = ["current_rate", "get_rate", "optimizers_of", "read_scalar", "set_rate
 #: What Keras raises when a callback sets the rate of an optimizer built with
 #: a `LearningRateSchedule` (`BaseOptimizer.learning_rate`'s setter). Our
 #: error starts with it, word for word, so code matching Keras's message
-#: (Keras's own tests do) keeps working; tests/test_keras_internals.py pins it.
+#: (Keras's own tests do) keeps working; tests/test_adapters.py pins it.
 KERAS_SCHEDULE_NOT_SETTABLE = (
     "This optimizer was created with a `LearningRateSchedule` object as its "
     "`learning_rate` constructor argument, hence its learning rate is not "
@@ -143,7 +145,7 @@ def set_rate(optimizer: Any, value: float) -> None:
     if isinstance(optimizer.learning_rate, keras.Variable):
         optimizer.learning_rate = float(value)
         return
-    held = getattr(optimizer, "_learning_rate", None)
+    held = ki.learning_rate_slot(optimizer)
     what = type(held).__name__ if held is not None else "non-variable"
     ours = (
         f"the optimizer {type(optimizer).__name__} holds a {what} learning-rate "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler.protocol import short, short_name
 
 

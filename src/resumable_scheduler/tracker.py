@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_scheduler._keras_internals import SAVEABLE_OBJ_TYPE, KerasSaveable
+from resumable_scheduler._adapters.keras import SAVEABLE_OBJ_TYPE, KerasSaveable
 from resumable_scheduler.protocol import Resumable, decode_envelope, encode_envelope
 
 #: The model attribute (and HDF5 group) holding the tracker.
@@ -94,7 +94,7 @@ class StateTracker(KerasSaveable):
         if fit_callbacks is None and self._model_ref is not None:
             model = self._model_ref()
             if model is not None:
-                from resumable_scheduler._keras_internals import running_fit_callbacks
+                from resumable_scheduler._adapters.keras import running_fit_callbacks
 
                 fit_callbacks = running_fit_callbacks(model)
         if fit_callbacks is not None:

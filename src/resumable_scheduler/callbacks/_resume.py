@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler import rng, training_state
 from resumable_scheduler import data
 from resumable_scheduler.data import epoch_steps, skip_batches
@@ -147,7 +147,7 @@ class ResumeMixin:
     ) -> None:
         """After the variables are loaded: callback states (unless loading them
         did it already), RNGs, the epoch to start."""
-        training_state.apply_after_load(self._model, doc, arrays, apply_callbacks=apply_callbacks)
+        training_state.apply_after_load(ki.model_of(self), doc, arrays, apply_callbacks=apply_callbacks)
         position = doc["position"]
         epoch = position["epoch"]
         self._current_epoch = epoch
@@ -170,12 +170,12 @@ class ResumeMixin:
                 stacklevel=3,
             )
         ki.set_initial_epoch(
-            self._model, epoch, owner=self, after_train_begin=lambda: self._replay_epoch_end(doc)
+            ki.model_of(self), epoch, owner=self, after_train_begin=lambda: self._replay_epoch_end(doc)
         )
         self._resume = (doc, arrays)
 
     def _start_fresh(self) -> None:
-        ki.set_initial_epoch(self._model, None)
+        ki.set_initial_epoch(ki.model_of(self), None)
 
     # -- epoch ends that callbacks after us had not processed -------------------
 
@@ -189,11 +189,11 @@ class ResumeMixin:
         epochs = self.params.get("epochs") if self.params else None
         if isinstance(epochs, int):
             out["run"] = {"epochs": epochs}
-        cbs = ki.running_fit_callbacks(self._model) or []
+        cbs = ki.running_fit_callbacks(ki.model_of(self)) or []
         mine = next((i for i, c in enumerate(cbs) if c is self), None)
         if mine is None:
             return out
-        tracker = tracker_for(self._model)
+        tracker = tracker_for(ki.model_of(self))
         keys = {id(obj): key for key, obj in tracker.resumables().items()}
         later = [keys[id(c)] for c in cbs[mine + 1:] if id(c) in keys and c is not self]
         if later:
@@ -210,8 +210,8 @@ class ResumeMixin:
         if type(epoch) is not int or epoch + 1 != doc["position"]["epoch"]:
             return
         logs = replay.get("logs") if isinstance(replay.get("logs"), dict) else {}
-        resumables = tracker_for(self._model).resumables()
-        live = {id(c) for c in ki.running_fit_callbacks(self._model) or []}
+        resumables = tracker_for(ki.model_of(self)).resumables()
+        live = {id(c) for c in ki.running_fit_callbacks(ki.model_of(self)) or []}
         for key in replay.get("callbacks") or []:
             cb = resumables.get(key) if isinstance(key, str) else None
             if cb is not None and id(cb) in live:
@@ -223,7 +223,7 @@ class ResumeMixin:
         """Undoes what this fit installs if it raises (Keras then skips
         `on_train_end`): once the exception is dropped, the fit's
         `CallbackList` is freed and `_abandon_fit` runs."""
-        cl = ki.running_fit_callback_list(self._model)
+        cl = ki.running_fit_callback_list(ki.model_of(self))
         self._fit_watch = None
         if cl is not None:
             me = weakref.ref(self)
@@ -249,11 +249,9 @@ class ResumeMixin:
         if skip is not None:
             skip.uninstall()
             self._skip = None
-        model = getattr(self, "_model", None)
+        model = ki.model_of(self)
         if model is not None:
-            left = model.__dict__.get("_initial_epoch")
-            if getattr(left, "_owner", None) is self:
-                model._initial_epoch = None
+            ki.clear_initial_epoch_of(model, self)
         self._release()
 
     def _release(self) -> None:
@@ -273,10 +271,10 @@ class ResumeMixin:
             rng.restore_host_rng(doc["rng"], arrays)
             batch = doc["position"]["batch"]
             if batch:
-                training_state.restore_metrics(self._model, arrays)
+                training_state.restore_metrics(ki.model_of(self), arrays)
                 self._skip = skip_batches(
                     batch,
-                    model=self._model,
+                    model=ki.model_of(self),
                     owner=self,
                     after_skip=lambda: training_state.restore_rng_now(doc, arrays)
                 )
@@ -292,7 +290,7 @@ class ResumeMixin:
         signum = self._poll_signal()
         if signum is not None:
             self.preempted = signum
-            self._model.stop_training = True
+            ki.model_of(self).stop_training = True
             self._save_now_or_at_boundary(last)
             return
         if self.save_freq == "epoch" or self.save_freq is False:
@@ -316,7 +314,7 @@ class ResumeMixin:
             # on_epoch_end cannot lose it; those callbacks' epoch ends are
             # replayed on resume (`_epoch_end_doc`).
             self._epoch_end_extra = self._epoch_end_doc(epoch, logs)
-            tracker = tracker_for(self._model)
+            tracker = tracker_for(ki.model_of(self))
             tracker.epoch_end_replayed = frozenset(self._epoch_end_extra.get("replay", {}).get("callbacks", ()))
             try:
                 self._commit(epoch + 1, 0, rng.capture_host_rng())
@@ -403,7 +401,7 @@ class ResumeMixin:
         return True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if not ki.in_fit_with(self._model, self):
+        if not ki.in_fit_with(ki.model_of(self), self):
             # The fit we were installed for ended by an exception and left us
             # installed (a later fit does not run us): step aside.
             old = self._old_handlers.get(signum, signal.SIG_DFL)

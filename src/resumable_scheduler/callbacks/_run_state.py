@@ -25,7 +25,9 @@ from typing import Any
 
 import keras
 
-from resumable_scheduler._keras_internals import sync_model_state
+from resumable_scheduler._adapters import keras as ki
+
+from resumable_scheduler._adapters.keras import sync_model_state
 from resumable_scheduler.tracker import tracker_for
 
 
@@ -131,7 +133,7 @@ class RunStateMixin:
     # -- helpers --------------------------------------------------------------------
 
     def _iterations(self) -> int | None:
-        model = getattr(self, "_model", None)
+        model = ki.model_of(self)
         opt = getattr(model, "optimizer", None)
         if opt is None:
             return None
@@ -139,7 +141,7 @@ class RunStateMixin:
 
     def _sync(self) -> Any:
         """The model with its in-flight (JAX) state written back, or None."""
-        model = getattr(self, "_model", None)
+        model = ki.model_of(self)
         if model is not None:
             sync_model_state(model)
         return model
@@ -149,7 +151,7 @@ class RunStateMixin:
         but before this callback has seen that epoch's logs."""
         if not self._in_epoch or self._warned_stale or self._epoch_begin_step is None:
             return
-        model = getattr(self, "_model", None)
+        model = ki.model_of(self)
         if model is not None and self.state_key in tracker_for(model).epoch_end_replayed:
             return  # the resumed run replays this epoch end (rs checkpoints)
         steps = self.params.get("steps") if self.params else None

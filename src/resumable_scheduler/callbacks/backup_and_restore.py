@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import keras
 
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler import training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
@@ -167,7 +167,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset_position()
         self.preempted = None
-        model = self._model
+        model = ki.model_of(self)
         if not model.built:
             raise ValueError(
                 "To use the BackupAndRestore callback, you model must be built "
@@ -287,7 +287,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         return None
 
     def _load(self, ckpt: layout.Checkpoint) -> None:
-        model = self._model
+        model = ki.model_of(self)
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(ckpt.weights())  # also hands over callback states
@@ -296,7 +296,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     def _load_stock(self) -> None:
         """Continues from a backup that stock `keras.callbacks.BackupAndRestore`
         wrote in the same directory (a user who just switched the import)."""
-        model = self._model
+        model = ki.model_of(self)
         store = self._store
         try:
             epoch = json.loads(store.read("training_metadata.json").decode("utf-8"))["epoch"]

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+
+from resumable_scheduler._adapters import keras as ki
 import numpy as np
 
-from resumable_scheduler._keras_internals import print_msg
+from resumable_scheduler._adapters.keras import print_msg
 from resumable_scheduler.callbacks._run_state import RunStateMixin
 from resumable_scheduler.monitor_state import EarlyStoppingState
 
@@ -259,7 +261,7 @@ class EarlyStopping(RunStateMixin, keras.callbacks.EarlyStopping):
                     "Restoring model weights from the end of the best epoch: "
                     f"{self.best_epoch + 1}."
                 )
-            self._model.set_weights(self.best_weights)
+            ki.model_of(self).set_weights(self.best_weights)
         self._end_fit()
 
 

@@ -8,9 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+
+from resumable_scheduler._adapters import keras as ki
 import numpy as np
 
-from resumable_scheduler._keras_internals import print_msg, sync_model_state
+from resumable_scheduler._adapters.keras import print_msg, sync_model_state
 from resumable_scheduler.lr_access import current_rate, get_rate, read_scalar, set_rate, step_schedule_of
 from resumable_scheduler.protocol import float_max, to_python_float
 from resumable_scheduler.state import ScheduleState, checked_replace
@@ -144,7 +146,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
     def state(self) -> ScheduleState:
         """The current state, with the live position, step and rate."""
         base = self._state or ScheduleState()
-        model = self._model
+        model = ki.model_of(self)
         if model is None:
             return base
         tracker = tracker_for(model)
@@ -175,7 +177,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self._state = new
         self._pending_apply = True
         self._restored = True
-        model = getattr(self, "_model", None)
+        model = ki.model_of(self)
         if model is not None:
             tracker = tracker_for(model)
             tracker.epoch, tracker.batch = new.epoch, new.batch
@@ -195,7 +197,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
     def _optimizers_and_multi(self) -> tuple[list[Any], bool]:
         """The optimizers to schedule, and whether the model's optimizer is
         a multi-optimizer (has `optimizers`)."""
-        opt = self._model.optimizer
+        opt = ki.model_of(self).optimizer
         multi = hasattr(opt, "optimizers")
         if not multi and not _has_learning_rate(opt):
             raise ValueError('Optimizer must have a "learning_rate" attribute.')
@@ -206,7 +208,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
             return
         opts = self._optimizers()
         rates = self._state.optimizer_learning_rates or (self._state.learning_rate,)
-        top = self._model.optimizer
+        top = ki.model_of(self).optimizer
         _check_fits(self._state, opts, rates, top)
         for opt, rate in zip(opts, rates):
             set_rate(opt, rate)
@@ -228,7 +230,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        tracker = tracker_for(self._model)
+        tracker = tracker_for(ki.model_of(self))
         tracker.steps = self.params.get("steps") if self.params else None
         if self._state is None:
             self._state = self._fresh_state()
@@ -273,7 +275,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 # A new run with a reused instance: as stock Keras, the
                 # schedule starts over from the optimizer's current rate.
                 self._state = self._fresh_state()
-                tracker = tracker_for(self._model)
+                tracker = tracker_for(ki.model_of(self))
                 tracker.epoch, tracker.batch = 0, 0
         state = self._state
         assert state is not None
@@ -295,20 +297,20 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 target = f"{opt.name} learning rate" if multi else "learning rate"
                 print_msg(f"\nEpoch {epoch + 1}: LearningRateScheduler setting {target} to {rate}.")
         self._state = state.begin_epoch(epoch, rates[0], tuple(rates) if multi else ())
-        tracker_for(self._model).note_epoch_begin(epoch)
+        tracker_for(ki.model_of(self)).note_epoch_begin(epoch)
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         # Runs per batch, so: count only, and never touch `self.model` (on JAX
         # it forces a device sync). Batch *begin* is always dispatched in
         # order on the main thread, while batch *end* hooks may run out of
         # order in Keras's thread pool.
-        tracker_for(self._model).note_batch_begin(batch, getattr(self._model, "steps_per_execution", 1) or 1)
+        tracker_for(ki.model_of(self)).note_batch_begin(batch, getattr(ki.model_of(self), "steps_per_execution", 1) or 1)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        tracker_for(self._model).note_epoch_end(epoch)
+        tracker_for(ki.model_of(self)).note_epoch_end(epoch)
         if logs is None:
             return
-        opt = self._model.optimizer
+        opt = ki.model_of(self).optimizer
         if hasattr(opt, "optimizers"):
             for o in opt.optimizers:
                 logs[f"learning_rate_{o.name}"] = current_rate(o)

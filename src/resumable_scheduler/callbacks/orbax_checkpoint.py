@@ -13,7 +13,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
+from resumable_scheduler._adapters import runtime
 from resumable_scheduler import training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
@@ -177,7 +178,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
             raise ValueError(
                 "Invalid value for argument `directory`. "
                 f"Received: directory={directory!r:.200}. Orbax writes a checkpoint as a "
-                "folder it renames into place (`<step>.orbax-checkpoint-tmp`), through "
+                f"folder it renames into place (`<step>{layout.TMP_SUFFIX}`), through "
                 f"its own path layer, which supports {', '.join(s + '://' for s in ORBAX_URL_SCHEMES)} "
                 f"and local paths; {scheme}:// object storage has no folders or renames, so "
                 "Orbax cannot write there. Use rs.BackupAndRestore(backup_dir="
@@ -240,7 +241,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset_position()
         self.preempted = None
-        model = self._model
+        model = ki.model_of(self)
         if not model.built:
             raise ValueError(
                 "To use the OrbaxCheckpoint callback, your model must be built "
@@ -248,7 +249,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 "it beforehand by calling it on a batch of data."
             )
         if self.monitor_op is None and self.save_best_only:
-            self._set_monitor_op()
+            ki.set_monitor_op(self)
         self._open()
         tracker_for(model).steps = self.params.get("steps") if self.params else None
         found = self._newest_resumable()
@@ -309,7 +310,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         if not self.save_best_only:
             return True
         if self.monitor_op is None:
-            self._set_monitor_op()
+            ki.set_monitor_op(self)
         current = logs.get(self.monitor) if logs else None
         if current is None:
             warnings.warn(
@@ -317,7 +318,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 stacklevel=3,
             )
             return False
-        if not self._is_improvement(current, self.best):
+        if not ki.is_improvement(self, current, self.best):
             return False
         self.best = float(current)
         return True
@@ -389,7 +390,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         return None
 
     def _load(self, step: int, doc: dict[str, Any]) -> None:
-        model = self._model
+        model = ki.model_of(self)
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         pairs = _match_variables(model, doc, step)
@@ -484,19 +485,13 @@ def _register_exit_hook() -> None:
     be running when the exception ends the program. Orbax's writer threads
     then fail one by one ("cannot schedule new futures after interpreter
     shutdown"), each with a page of traceback, and the step is left
-    unfinished. `threading._register_atexit` runs `_finish_at_exit` before
-    the thread pools shut down (`atexit` would run after them).
+    unfinished. `_adapters.runtime` runs `_finish_at_exit` before the
+    thread pools shut down (`atexit` would run after them).
     """
     if _EXIT_HOOK:
         return
     _EXIT_HOOK.append(True)
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:  # pragma: no cover - every CPython >= 3.9 has it
-        import atexit
-
-        atexit.register(_finish_at_exit)
-    else:
-        register(_finish_at_exit)
+    runtime.register_before_thread_pools_shut_down(_finish_at_exit)
 
 
 def _finish_at_exit() -> None:

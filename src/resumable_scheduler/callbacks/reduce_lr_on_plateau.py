@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import keras
+
+from resumable_scheduler._adapters import keras as ki
 import numpy as np
 
 from resumable_scheduler import lr_access
-from resumable_scheduler._keras_internals import print_msg
+from resumable_scheduler._adapters.keras import print_msg
 from resumable_scheduler.callbacks._run_state import RunStateMixin
 from resumable_scheduler.monitor_state import PlateauState
 
@@ -147,7 +149,7 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
             self._apply_rates()
 
     def _apply_rates(self) -> None:
-        opt = getattr(self._model, "optimizer", None)
+        opt = getattr(ki.model_of(self), "optimizer", None)
         if not self._rates or opt is None or self._rates_applied_to is opt:
             return
         opts = lr_access.optimizers_of(opt)
@@ -167,7 +169,7 @@ class ReduceLROnPlateau(RunStateMixin, keras.callbacks.ReduceLROnPlateau):
     # -- Keras hooks ----------------------------------------------------------
 
     def _reset_run(self) -> None:
-        self._reset()  # Keras's: best, cooldown_counter, wait
+        ki.reset_plateau(self)  # Keras's: best, cooldown_counter, wait
 
     def set_model(self, model: Any) -> None:
         super().set_model(model)

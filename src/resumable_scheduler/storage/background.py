@@ -58,7 +58,7 @@ def host_copy(value: Any) -> np.ndarray:
 
 
 class HostCopier:
-    """The `copy` function of one snapshot (see `_keras_internals.record_weights`).
+    """The `copy` function of one snapshot (see `_adapters.keras.record_weights`).
 
     Each value is copied into the array at the same place of the previous
     snapshot (`spare`, whose write has finished) when its shape and dtype

@@ -12,7 +12,7 @@ absent)::
         model_config/           # the model config (unless save_weights_only)
         resumable_state/        # JSON: position, RNG scalars, callback states
         resumable_arrays/       # RNG keys, seed generators, metric accumulators
-        _CHECKPOINT_METADATA
+        (Orbax's step metadata file; see _adapters.orbax)
 
 `pytree` and `model_config` are exactly what `keras.callbacks.OrbaxCheckpoint`
 writes, so `keras.models.load_model(directory)` reads our directories too.
@@ -28,6 +28,7 @@ import json
 import os
 from typing import Any
 
+from resumable_scheduler._adapters import orbax as _orbax_names
 from resumable_scheduler.protocol import decode_envelope
 
 PYTREE = "pytree"
@@ -35,13 +36,9 @@ MODEL_CONFIG = "model_config"
 ASSETS = "assets"
 STATE = "resumable_state"
 ARRAYS = "resumable_arrays"
-#: Orbax's own names, private to Orbax (pinned by tests/test_keras_internals.py):
-#: the file that marks a finished step folder
-#: (`orbax.checkpoint._src.metadata.checkpoint._STEP_METADATA_FILENAME`), and
-#: the suffix of a step folder still being written
-#: (`orbax.checkpoint._src.path.atomicity_types.TMP_DIR_SUFFIX`).
-STEP_METADATA = "_CHECKPOINT_METADATA"
-TMP_SUFFIX = ".orbax-checkpoint-tmp"
+#: Orbax's own (private) names: see `resumable_scheduler._adapters.orbax`.
+STEP_METADATA = _orbax_names.STEP_METADATA
+TMP_SUFFIX = _orbax_names.TMP_SUFFIX
 _MISSING = (
     "Orbax checkpoints need the `orbax-checkpoint` package, which is not installed: "
     "pip install orbax-checkpoint"

@@ -2,7 +2,7 @@
 
 Keras has no public hook for "save this extra object with the model", nor for
 starting an epoch at a batch other than 0. What we rely on is listed here and
-pinned by `tests/test_keras_internals.py`, which fails loudly when a Keras
+pinned by `tests/test_adapters.py`, which fails loudly when a Keras
 upgrade changes any of it.
 """
 
@@ -387,3 +387,44 @@ def on_callback_exception(model: Any, handler: Any) -> bool:
         if hasattr(type(cl), name):
             setattr(cl, name, guard(name))
     return True
+
+
+# -- private attributes of public Keras objects -----------------------------------
+
+
+def model_of(callback: Any) -> Any:
+    """The model a callback is attached to, or None, *without* the JAX state
+    sync that `Callback.model` performs on every read (`Callback._model`).
+    Callers that need the trained values mid-epoch call `sync_model_state`."""
+    return getattr(callback, "_model", None)
+
+
+def set_monitor_op(callback: Any) -> None:
+    """`MonitorCallback._set_monitor_op()`: picks `monitor_op` (and the sign
+    of `best`) from `mode` and the monitored metric."""
+    callback._set_monitor_op()
+
+
+def is_improvement(callback: Any, current: Any, reference: Any) -> bool:
+    """`MonitorCallback._is_improvement(current, reference)`, with the
+    callback's `min_delta`."""
+    return bool(callback._is_improvement(current, reference))
+
+
+def reset_plateau(callback: Any) -> None:
+    """`ReduceLROnPlateau._reset()`: best, cooldown counter and wait."""
+    callback._reset()
+
+
+def learning_rate_slot(optimizer: Any) -> Any:
+    """What the optimizer holds as its rate (`optimizer._learning_rate`): a
+    variable, or a schedule object whose rate cannot be set; None if absent."""
+    return getattr(optimizer, "_learning_rate", None)
+
+
+def clear_initial_epoch_of(model: Any, owner: Any) -> None:
+    """Clears `model._initial_epoch` if `owner` set it (a `fit` that raised
+    before reading it leaves it behind)."""
+    left = model.__dict__.get("_initial_epoch")
+    if getattr(left, "_owner", None) is owner:
+        model._initial_epoch = None

@@ -1,6 +1,6 @@
 """Pins every private Keras internal that resumable_scheduler relies on.
 
-All of them are used through `src/resumable_scheduler/_keras_internals.py`.
+All of them are used through `src/resumable_scheduler/_adapters/keras.py`.
 When a Keras upgrade changes one, the test below that covers it fails with a
 message naming the internal, instead of training silently going wrong.
 """
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from resumable_scheduler import _keras_internals as ki
+from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler import tracker as tracker_mod
 
-# Every public name of _keras_internals, and the test that pins it.
+# Every public name of _adapters.keras, and the test that pins it.
 PINNED = {
     "KerasSaveable": "test_keras_saveable_import",
     "SAVEABLE_OBJ_TYPE": "test_saveable_obj_type_is_accepted",
@@ -42,6 +42,12 @@ PINNED = {
     "record_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
     "write_weights": "test_recorded_weights_write_the_bytes_save_weights_writes",
     "on_callback_exception": "test_a_callback_exception_passes_through_the_fit_callback_list",
+    "model_of": "test_pin_callback_model_attribute",
+    "set_monitor_op": "test_pin_monitor_callback_helpers",
+    "is_improvement": "test_pin_monitor_callback_helpers",
+    "reset_plateau": "test_pin_reduce_lr_on_plateau_reset",
+    "learning_rate_slot": "test_pin_optimizer_learning_rate_slot_and_error",
+    "clear_initial_epoch_of": "test_pin_initial_epoch_is_an_instance_attribute",
 }
 
 
@@ -53,7 +59,7 @@ def internal(what):
     except Exception as e:  # noqa: BLE001 - reported below
         pytest.fail(
             f"Keras internal changed: {what} (keras {keras.__version__}). "
-            f"Update src/resumable_scheduler/_keras_internals.py. Cause: "
+            f"Update src/resumable_scheduler/_adapters/keras.py. Cause: "
             f"{type(e).__name__}: {e}",
             pytrace=False,
         )
@@ -72,7 +78,7 @@ def test_every_internal_has_a_pin():
     }
     unpinned = sorted(public - set(PINNED))
     assert not unpinned, (
-        f"_keras_internals exposes {unpinned} without a test in tests/test_keras_internals.py; "
+        f"_adapters.keras exposes {unpinned} without a test in tests/test_adapters.py; "
         "add one to PINNED and pin what it relies on"
     )
     tests = {name for name in globals() if name.startswith("test_")}
@@ -341,24 +347,18 @@ def test_epoch_input_reads_what_a_position_depends_on():
         }
 
 
-# -- private Keras / Orbax / CPython names used outside _keras_internals.py ----------
+# -- private names used outside the _adapters package ---------------------------------
 #
-# Some private names are used where they belong (a callback's `self._model`,
-# the monitor helpers its Keras base class offers) rather than through
-# _keras_internals. Each is listed here with the test that pins it, or with
-# why it is ours. `test_every_private_name_outside_internals_is_listed` scans
-# src/ and fails on any private name that Keras's callbacks, model or
-# optimizer also define and that is missing from this list.
+# Outside `resumable_scheduler._adapters`, src/ may use a private name that
+# Keras's callbacks, model or optimizer also define only where it is ours
+# (an attribute of our own objects, or a Keras hook our subclass overrides).
+# Each is listed here with why, or with the test that pins the hook.
+# `test_every_private_name_outside_the_adapters_is_listed` scans src/ and
+# fails on any other.
 
 PRIVATE_OUTSIDE = {
-    # Keras's, pinned:
-    "_model": "test_pin_callback_model_attribute",
-    "_set_monitor_op": "test_pin_monitor_callback_helpers",
-    "_is_improvement": "test_pin_monitor_callback_helpers",
-    "_reset": "test_pin_reduce_lr_on_plateau_reset",
+    # A Keras hook that our subclass overrides (its signature is pinned):
     "_reduce_optimizer_lr": "test_pin_reduce_lr_on_plateau_reduce_hook",
-    "_learning_rate": "test_pin_optimizer_learning_rate_slot_and_error",
-    "_initial_epoch": "test_pin_initial_epoch_is_an_instance_attribute",
     # Keras's names that we offer or keep on our own objects:
     "_async_futures": "test_pin_stock_orbax_readers_are_overridden",
     "_current_epoch": "ours: rs.BackupAndRestore offers it, as Keras's own tests read it (tests/keras_contract)",
@@ -367,7 +367,7 @@ PRIVATE_OUTSIDE = {
     "_lock": "ours: rs.BackupAndRestore's directory lock",
     "_path": "ours: storage.backup_dir's checkpoint path",
 }
-#: Private names of Orbax and CPython used by src/, and their pins.
+#: Private names of Orbax and CPython, used only inside _adapters, and their pins.
 PRIVATE_ELSEWHERE = {
     "_CHECKPOINT_METADATA": "test_pin_orbax_step_metadata_and_tmp_suffix",
     ".orbax-checkpoint-tmp": "test_pin_orbax_step_metadata_and_tmp_suffix",
@@ -375,18 +375,24 @@ PRIVATE_ELSEWHERE = {
 }
 
 
-def _src_private_names():
+def _src_files():
     import pathlib
+
+    src = pathlib.Path(rs.__file__).resolve().parent
+    outside = [p for p in src.rglob("*.py") if "_adapters" not in p.relative_to(src).parts]
+    inside = list((src / "_adapters").glob("*.py"))
+    return outside, inside
+
+
+def _src_private_names():
     import re
 
-    src = pathlib.Path(ki.__file__).resolve().parent
+    outside, _ = _src_files()
     used = {}
-    for path in src.rglob("*.py"):
-        if path.name == "_keras_internals.py":
-            continue
+    for path in outside:
         for m in re.finditer(r'(?:\.|["\'])(_[A-Za-z][A-Za-z0-9_]*)\b', path.read_text()):
             used.setdefault(m.group(1), set()).add(path.name)
-    return src, used
+    return used
 
 
 def _keras_defined_names(tmp_path):
@@ -404,21 +410,25 @@ def _keras_defined_names(tmp_path):
     return names
 
 
-def test_every_private_name_outside_internals_is_listed(tmp_path):
-    src, used = _src_private_names()
+def test_every_private_name_outside_the_adapters_is_listed(tmp_path):
+    import re
+
+    used = _src_private_names()
     keras_names = _keras_defined_names(tmp_path)
     unlisted = {n: sorted(f) for n, f in used.items() if n in keras_names and n not in PRIVATE_OUTSIDE}
     assert not unlisted, (
-        f"src/ uses private names that Keras also defines, outside _keras_internals.py: {unlisted}. "
-        "Move the use into _keras_internals.py, or list it in PRIVATE_OUTSIDE with a pin."
+        f"src/ uses private names that Keras also defines, outside resumable_scheduler._adapters: "
+        f"{unlisted}. Move the use into the _adapters package, or list it in PRIVATE_OUTSIDE with a pin."
     )
-    import re
-
-    text = "\n".join(p.read_text() for p in src.rglob("*.py") if p.name != "_keras_internals.py")
+    outside, inside = _src_files()
+    text = "\n".join(p.read_text() for p in outside)
+    adapters = "\n".join(p.read_text() for p in inside)
     imports = re.findall(r"^\s*(?:from|import)\s+((?:keras\.src|orbax\.checkpoint\._src)\S*)", text, re.M)
-    assert not imports, f"import private modules only in _keras_internals.py: {imports}"
+    assert not imports, f"import private modules only in resumable_scheduler._adapters: {imports}"
     for name in PRIVATE_ELSEWHERE:
-        assert name.split(".")[-1] in text, f"{name} is no longer used: drop it from PRIVATE_ELSEWHERE"
+        short = name.split(".")[-1] if name.startswith("threading.") else name
+        assert short not in text, f"{name} is used outside resumable_scheduler._adapters"
+        assert short in adapters, f"{name} is no longer used: drop it from PRIVATE_ELSEWHERE"
     tests = {name for name in globals() if name.startswith("test_")}
     for why in [*PRIVATE_OUTSIDE.values(), *PRIVATE_ELSEWHERE.values()]:
         assert why.startswith("ours:") or why in tests, why
@@ -430,6 +440,7 @@ def test_pin_callback_model_attribute():
         cb = keras.callbacks.Callback()
         cb.set_model(model)
         assert cb._model is model and cb.model is model
+        assert ki.model_of(cb) is model and ki.model_of(keras.callbacks.Callback()) is None
         assert isinstance(inspect.getattr_static(keras.callbacks.Callback, "model"), property)
 
 
@@ -446,8 +457,8 @@ def test_pin_monitor_callback_helpers():
         assert cb._is_improvement(1.0, None)  # no best yet: any value improves
         assert cb._is_improvement(1.0, 2.0) and not cb._is_improvement(1.8, 2.0)  # min_delta
         up = keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max")
-        up._set_monitor_op()
-        assert up._is_improvement(0.9, 0.5)
+        ki.set_monitor_op(up)
+        assert ki.is_improvement(up, 0.9, 0.5) and not ki.is_improvement(up, 0.4, 0.5)
         # rs.OrbaxCheckpoint runs MonitorCallback.__init__ only (skipping the
         # stock __init__, which opens a checkpointer): its signature.
         params = list(inspect.signature(MonitorCallback.__init__).parameters)
@@ -462,6 +473,9 @@ def test_pin_reduce_lr_on_plateau_reset():
         cb = keras.callbacks.ReduceLROnPlateau()
         cb.best, cb.cooldown_counter, cb.wait = 0.5, 2, 3
         cb._reset()
+        assert (cb.best, cb.cooldown_counter, cb.wait) == (None, 0, 0)
+        cb.best, cb.cooldown_counter, cb.wait = 0.5, 2, 3
+        ki.reset_plateau(cb)
         assert (cb.best, cb.cooldown_counter, cb.wait) == (None, 0, 0)
 
 
@@ -493,7 +507,7 @@ def test_pin_optimizer_learning_rate_slot_and_error():
     schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
     opt = keras.optimizers.SGD(schedule)
     with internal("BaseOptimizer._learning_rate holds the schedule; its setter's TypeError text"):
-        assert opt._learning_rate is schedule
+        assert opt._learning_rate is schedule and ki.learning_rate_slot(opt) is schedule
         with pytest.raises(TypeError) as stock:
             opt.learning_rate = 0.1
         assert str(stock.value) == lr_access.KERAS_SCHEDULE_NOT_SETTABLE
@@ -522,6 +536,12 @@ def test_pin_initial_epoch_is_an_instance_attribute():
         # Left set, it moves the next fit too: why _resume.py clears its own.
         model.fit(x, y, epochs=2, verbose=0, callbacks=[Probe()])
         assert epochs == [1, 1]
+    owner = object()
+    ki.set_initial_epoch(model, 1, owner=owner)
+    ki.clear_initial_epoch_of(model, object())  # not the owner: kept
+    assert model.__dict__.get("_initial_epoch") == 1
+    ki.clear_initial_epoch_of(model, owner)
+    assert model.__dict__.get("_initial_epoch") is None
 
 
 def test_pin_stock_orbax_readers_are_overridden():
@@ -541,14 +561,15 @@ def test_pin_stock_orbax_readers_are_overridden():
 def test_pin_orbax_step_metadata_and_tmp_suffix(tmp_path):
     import os
 
+    from resumable_scheduler._adapters import orbax as orbax_names
     from resumable_scheduler.storage import orbax_dir
 
     with internal("orbax-checkpoint: step metadata file name and temporary-folder suffix"):
         from orbax.checkpoint._src.metadata import checkpoint as ocp_metadata
         from orbax.checkpoint._src.path import atomicity_types
 
-        assert ocp_metadata._STEP_METADATA_FILENAME == orbax_dir.STEP_METADATA
-        assert atomicity_types.TMP_DIR_SUFFIX == orbax_dir.TMP_SUFFIX
+        assert ocp_metadata._STEP_METADATA_FILENAME == orbax_names.STEP_METADATA == orbax_dir.STEP_METADATA
+        assert atomicity_types.TMP_DIR_SUFFIX == orbax_names.TMP_SUFFIX == orbax_dir.TMP_SUFFIX
         cb = rs.OrbaxCheckpoint(tmp_path, save_on_background=False)
         cb.set_model(tiny_model())
         cb._save_checkpoint(3)
@@ -563,6 +584,12 @@ def test_pin_threading_register_atexit():
 
     with internal("CPython threading._register_atexit (runs before thread pools shut down)"):
         assert callable(threading._register_atexit)
+        from resumable_scheduler._adapters import runtime
+
+        before = len(threading._threading_atexits)
+        runtime.register_before_thread_pools_shut_down(lambda: None)
+        assert len(threading._threading_atexits) == before + 1
+        threading._threading_atexits.pop()
         assert any(
             getattr(getattr(f, "func", None), "__module__", "") == "concurrent.futures.thread"
             for f in threading._threading_atexits
