@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tests.soak import run_soak  # noqa: E402
+from tests.support.soak import run_soak  # noqa: E402
 
 
 def main() -> int:

@@ -48,7 +48,7 @@ __all__ = ["current_rate", "get_rate", "optimizers_of", "read_scalar", "set_rate
 #: What Keras raises when a callback sets the rate of an optimizer built with
 #: a `LearningRateSchedule` (`BaseOptimizer.learning_rate`'s setter). Our
 #: error starts with it, word for word, so code matching Keras's message
-#: (Keras's own tests do) keeps working; tests/test_adapters.py pins it.
+#: (Keras's own tests do) keeps working; tests/unit/test_adapters.py pins it.
 KERAS_SCHEDULE_NOT_SETTABLE = (
     "This optimizer was created with a `LearningRateSchedule` object as its "
     "`learning_rate` constructor argument, hence its learning rate is not "

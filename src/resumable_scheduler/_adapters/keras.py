@@ -2,7 +2,7 @@
 
 Keras has no public hook for "save this extra object with the model", nor for
 starting an epoch at a batch other than 0. What we rely on is listed here and
-pinned by `tests/test_adapters.py`, which fails loudly when a Keras
+pinned by `tests/unit/test_adapters.py`, which fails loudly when a Keras
 upgrade changes any of it.
 """
 

@@ -1,7 +1,7 @@
 """`rs.BackupAndRestore` with `backup_dir` in a bucket (issue 9, section 2).
 
 Real servers on 127.0.0.1 (moto's S3 server and fake-gcs-server, started by
-the `bucket` fixture of `tests/servers.py`), real `fit`, real child
+the `bucket` fixture of `tests/support/servers.py`), real `fit`, real child
 processes killed with SIGKILL. Every test runs once per server.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 import resumable_scheduler as rs
 from resumable_scheduler import cli
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     InterruptAt,
     assert_same,
     documented_schedule,
@@ -28,9 +28,9 @@ from tests.resume_helpers import (
     outcome,
     run_uninterrupted,
 )
-from tests.soak import run_soak
+from tests.support.soak import run_soak
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def callbacks(url, *extra, **kw):

@@ -12,7 +12,7 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler import cli, demo
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RS_KERAS = os.path.join(ROOT, "fixtures", "rs_v1", "e12.keras")
 RS_H5 = os.path.join(ROOT, "fixtures", "rs_v1", "e12.weights.h5")
 STOCK_KERAS = os.path.join(ROOT, "fixtures", "stock_keras_3_15", "e12.keras")

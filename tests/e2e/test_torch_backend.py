@@ -18,23 +18,23 @@ import sys
 import keras
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 ROOT = os.path.dirname(HERE)
 FILES = [
-    "test_scheduler.py",
-    "test_checkpoints.py",
-    "test_fixtures.py",
-    "test_backup_exact.py",
-    "test_backup_conditions.py",
-    "test_preemption.py",
-    "test_soak.py",
-    "test_plateau.py",
-    "test_early_stopping.py",
-    "test_step_schedule.py",
-    "test_fit_lifecycle.py",
-    "test_changed_inputs.py",
-    "test_fit_lifecycle_data.py",
-    "test_background_save.py",
+    "integration/test_scheduler.py",
+    "integration/test_checkpoints.py",
+    "integration/test_fixtures.py",
+    "integration/test_backup_exact.py",
+    "integration/test_backup_conditions.py",
+    "e2e/test_preemption.py",
+    "e2e/test_soak.py",
+    "integration/test_plateau.py",
+    "integration/test_early_stopping.py",
+    "integration/test_step_schedule.py",
+    "integration/test_fit_lifecycle.py",
+    "integration/test_changed_inputs.py",
+    "integration/test_fit_lifecycle_data.py",
+    "integration/test_background_save.py",
 ]
 
 

@@ -1,11 +1,11 @@
 """The kill-anywhere soak: SIGKILL a training child at random instants until
 it finishes, then compare it bit for bit with a child never killed.
 
-Used by `tests/test_soak.py` (a quick mode in CI) and `benchmarks/soak.py`
+Used by `tests/e2e/test_soak.py` (a quick mode in CI) and `benchmarks/soak.py`
 (200 kills). Kills land anywhere: mid-batch, between batches, and inside
 checkpoint writes, which the child widens when `DELAY_ENV` is set (it
 sleeps after writing each commit's temporary: test machinery, in
-`tests/child_train.py`, not in the package); a kill counts as "inside a
+`tests/support/child_train.py`, not in the package); a kill counts as "inside a
 write" when a `*.tmp-*` temporary is on disk right after it.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resumable_scheduler.storage.atomic import TMP_MARK
-from tests.child_train import DELAY_ENV
+from tests.support.child_train import DELAY_ENV
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child_train.py")
 

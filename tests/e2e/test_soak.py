@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.soak import run_soak
+from tests.support.soak import run_soak
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import resumable_scheduler as rs
 from resumable_scheduler.storage import background
 from resumable_scheduler.storage import backup_dir as layout
 from resumable_scheduler.storage.local import LocalStore
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     EPOCHS, X, Y, BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
 )
 
@@ -332,7 +332,7 @@ def test_pending_writes_finish_when_the_program_ends(tmp_path):
         import keras, numpy as np
         import resumable_scheduler as rs
         from resumable_scheduler.storage.local import LocalStore
-        from tests.resume_helpers import make_model, fit
+        from tests.support.resume_helpers import make_model, fit
 
         class Boom(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -380,7 +380,7 @@ def test_sigterm_commits_the_preemption_checkpoint_before_exiting(tmp_path):
         import keras, numpy as np
         import resumable_scheduler as rs
         from resumable_scheduler.storage.local import LocalStore
-        from tests.resume_helpers import make_model, fit
+        from tests.support.resume_helpers import make_model, fit
 
         class Slow(LocalStore):
             def commit(self, name, data):

@@ -16,8 +16,8 @@ from keras import ops
 import resumable_scheduler as rs
 from resumable_scheduler import lr_access
 from resumable_scheduler.schedules import Piecewise, StepSchedule, WarmupCosine
-from tests import monitor_helpers as mh
-from tests.resume_helpers import InterruptAt, X, Y
+from tests.support import monitor_helpers as mh
+from tests.support.resume_helpers import InterruptAt, X, Y
 
 
 # -- the functions of the step, against NumPy -------------------------------------

@@ -78,7 +78,7 @@ def test_every_internal_has_a_pin():
     }
     unpinned = sorted(public - set(PINNED))
     assert not unpinned, (
-        f"_adapters.keras exposes {unpinned} without a test in tests/test_adapters.py; "
+        f"_adapters.keras exposes {unpinned} without a test in tests/unit/test_adapters.py; "
         "add one to PINNED and pin what it relies on"
     )
     tests = {name for name in globals() if name.startswith("test_")}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.monitor_helpers import BATCH_SIZE, EPOCHS, MECHANISMS, X, Y, assert_same_weights, make_model, run
+from tests.support.monitor_helpers import BATCH_SIZE, EPOCHS, MECHANISMS, X, Y, assert_same_weights, make_model, run
 
 # On JAX: wait > 0 after epochs 4, 7, 9, 11, 13; cooldown after the
 # reductions at 5, 8, 10, 12, 14.
@@ -203,7 +203,7 @@ def test_same_instance_restored_after_an_exception_into_a_fresh_optimizer(tmp_pa
     """The callback object that saw the interrupted fit is restored and reused
     with a reloaded model whose optimizer was compiled afresh: the rate comes
     from the state."""
-    from tests.monitor_helpers import InterruptAt, Interrupted
+    from tests.support.monitor_helpers import InterruptAt, Interrupted
 
     ref_logs, ref_model = reference
     (cb,) = ours()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.monitor_helpers import BATCH_SIZE, EPOCHS, MECHANISMS, X, Y, assert_same_weights, make_model, run
+from tests.support.monitor_helpers import BATCH_SIZE, EPOCHS, MECHANISMS, X, Y, assert_same_weights, make_model, run
 
 # Improves (by more than min_delta) for a few epochs, then stops well before
 # EPOCHS (on JAX: best epoch 5, stop at 8; shuffled, 3 and 6). Interruptions

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     FINAL_LR,
     X,
     Y,
@@ -36,7 +36,7 @@ from tests.resume_helpers import (
     run_uninterrupted,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Boom(keras.callbacks.Callback):
@@ -113,7 +113,7 @@ def test_a_raised_fit_restores_the_sigterm_handler_in_a_real_process(tmp_path):
         sys.path.insert(0, {ROOT!r})
         import keras, numpy as np
         import resumable_scheduler as rs
-        from tests.resume_helpers import X, Y, make_model
+        from tests.support.resume_helpers import X, Y, make_model
 
         class Boom(keras.callbacks.Callback):
             def on_epoch_end(self, epoch, logs=None):
@@ -208,7 +208,7 @@ def test_two_schedulers_with_a_backup_resume_exactly(tmp_path):
     ref_model = make_model()
     fit(ref_model, cbs(os.fspath(tmp_path / "ref")))
     d = os.fspath(tmp_path / "b")
-    from tests.resume_helpers import InterruptAt
+    from tests.support.resume_helpers import InterruptAt
 
     with pytest.raises(KeyboardInterrupt):
         fit(make_model(), cbs(d, InterruptAt(12, 3)))

@@ -1,5 +1,5 @@
 """`storage.bucket.BucketStore` against real servers on 127.0.0.1: moto (S3)
-and fake-gcs-server (GCS), each test on both (`bucket` fixture, tests/servers.py).
+and fake-gcs-server (GCS), each test on both (`bucket` fixture, tests/support/servers.py).
 
 What is fenced by which server, as these tests exercise it:
 

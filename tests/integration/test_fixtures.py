@@ -16,7 +16,7 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler import demo
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures")
 STOCK = os.path.join(ROOT, "stock_keras_3_15")
 RS_V1 = os.path.join(ROOT, "rs_v1")
 LR_AFTER_12 = 0.01 * math.exp(-0.2)  # the schedule decayed at epochs 10 and 11

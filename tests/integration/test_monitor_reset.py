@@ -1,7 +1,7 @@
 """`rs.ReduceLROnPlateau` / `rs.EarlyStopping`: `on_train_begin` resets the
 monitor state as Keras does, also when the hooks are driven by hand, and the
 first epoch still decides what carries on (resume is guarded end to end by
-tests/test_plateau.py and tests/test_early_stopping.py)."""
+tests/integration/test_plateau.py and tests/integration/test_early_stopping.py)."""
 
 import keras
 import pytest

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 import resumable_scheduler as rs
-from tests.soak import CHILD, load_result
+from tests.support.soak import CHILD, load_result
 
 GRACE_S = 10.0
 

@@ -8,7 +8,7 @@ import pytest
 
 from resumable_scheduler import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 README = os.path.join(ROOT, "README.md")
 
 DEMO_COMMAND = 'pip install -e ".[test,plot]" && resumable-scheduler demo'

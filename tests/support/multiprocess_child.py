@@ -4,7 +4,7 @@ It is what a user's script looks like: build, compile, fit with
 `rs.OrbaxCheckpoint` and `rs.LearningRateScheduler`; rerunning it after any
 interruption continues the same run.
 
-    python tests/multiprocess_child.py DIRECTORY OUT_DIR [--save-freq N|epoch]
+    python tests/support/multiprocess_child.py DIRECTORY OUT_DIR [--save-freq N|epoch]
         [--processes 2 --process-id I --port P] [--samples N] [--epochs N]
         [--batch-size N] [--big] [--sleep S] [--no-ckpt] [--sync]
 

@@ -199,7 +199,7 @@ def test_a_save_that_hits_the_file_size_limit_fails_cleanly(tmp_path):
     ({"learning_rate": 1e300}, "learning_rate=1e+300 does not fit optimizer"),
 ])
 def test_a_restored_state_that_does_not_fit_the_optimizer_is_refused_before_training(change, fragment):
-    from tests.resume_helpers import X, Y, make_model
+    from tests.support.resume_helpers import X, Y, make_model
 
     model = make_model()
     model.fit(X, Y, epochs=1, verbose=0)

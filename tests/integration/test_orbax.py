@@ -21,12 +21,12 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler import cli
 from resumable_scheduler.storage import orbax_dir
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     FINAL_LR, X, Y, BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model,
     outcome, run_uninterrupted,
 )
 
-CHILD = os.path.join(os.path.dirname(__file__), "multiprocess_child.py")
+CHILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "multiprocess_child.py")
 
 
 @pytest.fixture(scope="module")

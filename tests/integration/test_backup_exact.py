@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     FINAL_LR, InterruptAt, BatchLog, X, Y, assert_same, documented_schedule, fit,
     make_model, outcome, run_uninterrupted,
 )

@@ -23,9 +23,9 @@ import pytest
 
 import resumable_scheduler as rs
 from resumable_scheduler.storage import backup_dir as layout
-from tests.resume_helpers import X, Y, BatchLog, InterruptAt, assert_same, make_model, outcome
+from tests.support.resume_helpers import X, Y, BatchLog, InterruptAt, assert_same, make_model, outcome
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "fixtures")
 X8 = np.arange(160, dtype="float32").reshape(8, 20) / 100
 Y8 = np.zeros((8, 10), dtype="float32")
 EPOCHS = 4

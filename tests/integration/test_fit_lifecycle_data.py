@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.resume_helpers import X, Y, BatchLog, InterruptAt, assert_same, make_model, outcome
+from tests.support.resume_helpers import X, Y, BatchLog, InterruptAt, assert_same, make_model, outcome
 
 EPOCHS = 8
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from tests.resume_helpers import (
+from tests.support.resume_helpers import (
     BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
 )
 
-CHILD = os.path.join(os.path.dirname(__file__), "child_train.py")
+CHILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "child_train.py")
 
 
 def _interrupt(d, at, **kw):

@@ -24,7 +24,7 @@ import resumable_scheduler as rs
 
 pytestmark = pytest.mark.slow
 
-CHILD = os.path.join(os.path.dirname(__file__), "multiprocess_child.py")
+CHILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "multiprocess_child.py")
 FULL = os.environ.get("RS_FULL") == "1"
 SEED = int(os.environ.get("RS_MP_SEED", random.randrange(1 << 30)))
 # 16 samples, 8 per process, 2 per process per batch: 4 batches an epoch, 60 in all.

@@ -4,7 +4,7 @@ It is what a user's script looks like: build, compile, fit with
 `rs.BackupAndRestore` and `rs.LearningRateScheduler`, save results. Rerunning
 it after any interruption continues the same run.
 
-    python tests/child_train.py BACKUP_DIR OUT_DIR [--save-freq N|epoch]
+    python tests/support/child_train.py BACKUP_DIR OUT_DIR [--save-freq N|epoch]
         [--batch-log FILE] [--sleep SECONDS] [--samples N] [--epochs N]
 
 It prints `start` once training begins and `batch E B` after each batch, and
