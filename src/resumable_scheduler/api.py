@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from resumable_scheduler import snapshot
 from resumable_scheduler.protocol import Resumable, short_name
+from resumable_scheduler.snapshot import Snapshot
 from resumable_scheduler.storage import find_envelope
 from resumable_scheduler.tracker import warn_no_state
 
-SCHEDULER_KEY = "LearningRateScheduler"
+SCHEDULER_KEY = snapshot.SCHEDULER_KEY
 
 
 def read_state(path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
@@ -37,13 +39,13 @@ def read_state(path: str | os.PathLike[str], step: int | None = None) -> dict[st
             f"No resumable_scheduler state in {source!r}: it was written by stock "
             "Keras or without a resumable callback."
         )
-    callbacks = doc["callbacks"]
+    callbacks = doc[snapshot.CALLBACKS]
     out: dict[str, Any] = {}
     if SCHEDULER_KEY in callbacks:
         from resumable_scheduler.state import ScheduleState
 
         out.update(ScheduleState.from_dict(callbacks[SCHEDULER_KEY]).to_dict())
-    position = doc.get("position") or {}
+    position = doc.get(snapshot.POSITION) or {}
     for key in ("epoch", "batch", "step"):
         if key in position:
             out[key] = position[key]
@@ -78,7 +80,7 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
     if doc is None:
         warn_no_state(repr(source))
         return 0
-    states = doc["callbacks"]
+    states = doc[snapshot.CALLBACKS]
     arrays = {}
     if any(hasattr(cb, "set_arrays") and cb.state_key in states for cb in callbacks):
         from resumable_scheduler.storage.arrays import read_arrays
@@ -99,11 +101,4 @@ def restore(path: str | os.PathLike[str], *callbacks: Resumable, step: int | Non
                 raise ValueError(f"Invalid state of `callbacks.{short_name(cb.state_key)}` in {source!r}: {e}") from None
     # Position and epochs were checked when the envelope was read (integers
     # from 0 to MAX_INT).
-    position = doc.get("position")
-    if position is not None:
-        return int(position["epoch"])
-    if SCHEDULER_KEY in states:
-        return int(states[SCHEDULER_KEY]["epoch"])
-    # Other callbacks count the epochs whose end they processed.
-    epochs = [st["epoch"] for st in states.values() if isinstance(st, dict) and type(st.get("epoch")) is int]
-    return max(epochs, default=0)
+    return Snapshot.from_document(doc, where=str(source)).resume_epoch()

@@ -30,6 +30,7 @@ import warnings
 import weakref
 from typing import Any, Callable
 
+from resumable_scheduler import snapshot
 from resumable_scheduler._adapters import keras as ki
 
 
@@ -229,7 +230,7 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
     or its epochs are too short for the position. Call before anything of
     the resumed epoch is trained; `owner` is the resuming callback (its
     directory is named in the message)."""
-    position = doc.get("position") or {}
+    position = doc.get(snapshot.POSITION) or {}
     batch = position.get("batch") or 0
     if not batch:
         return  # an epoch boundary does not depend on the input
@@ -245,7 +246,7 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
     epoch = position.get("epoch")
     start = f"Cannot resume from the mid-epoch checkpoint in {where} (epoch {epoch}, batch {batch})"
     delete = f"delete {path!r}" if path else "delete it"
-    old = doc.get("input")
+    old = doc.get(snapshot.INPUT)
     if isinstance(old, dict):
         diffs = _differences({**old, "batch": batch}, new)
         if diffs:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler.protocol import short, short_name
+from resumable_scheduler import snapshot
+from resumable_scheduler.snapshot import short, short_name
 
 
 def capture_host_rng(prefix: str = "") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -87,7 +88,7 @@ def check_host_rng(
     before anything is restored: `ValueError` naming `where` and the field
     otherwise. `array_field` is how the arrays are named in the file (such
     as `"training::"`)."""
-    rng_field = "rng_now" if prefix else "rng"
+    rng_field = snapshot.RNG_NOW if prefix else snapshot.RNG
     if not isinstance(meta, dict) or not isinstance(meta.get("numpy"), dict) or not isinstance(meta.get("python"), dict):
         _bad(rng_field, where, short(meta), 'a JSON object with "numpy" and "python" entries')
     n, p = meta["numpy"], meta["python"]

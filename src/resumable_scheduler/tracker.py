@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from resumable_scheduler._adapters.keras import SAVEABLE_OBJ_TYPE, KerasSaveable
-from resumable_scheduler.protocol import Resumable, decode_envelope, encode_envelope
+from resumable_scheduler import snapshot
+from resumable_scheduler.protocol import Resumable
+from resumable_scheduler.snapshot import decode_envelope, encode_envelope
 
 #: The model attribute (and HDF5 group) holding the tracker.
 ATTR = "_resumable_scheduler_state"
@@ -28,11 +30,12 @@ ATTR = "_resumable_scheduler_state"
 DATASET = "envelope"
 #: Datasets `arrays::<state_key>::<name>` in that group hold the arrays of
 #: resumables that also implement `get_arrays()` / `set_arrays(dict)` (state
-#: too large for JSON, such as EarlyStopping's best weights).
-ARRAY_PREFIX = "arrays::"
-#: Datasets `training::<name>` hold the arrays of a backup's training state
-#: (RNG keys, seed generators, metric accumulators); see `StateTracker.extra`.
-TRAINING_PREFIX = "training::"
+#: too large for JSON, such as EarlyStopping's best weights); datasets
+#: `training::<name>` the arrays of a backup's training state (RNG keys, seed
+#: generators, metric accumulators; see `StateTracker.extra`). The names are
+#: the snapshot's (`snapshot.array_name`).
+ARRAY_PREFIX = snapshot.ARRAY_PREFIX
+TRAINING_PREFIX = snapshot.TRAINING_PREFIX
 
 
 def split_arrays(store: Any) -> dict[str, dict[str, np.ndarray]]:
@@ -180,17 +183,17 @@ class StateTracker(KerasSaveable):
         data = encode_envelope(self.collect(), extra=extra_doc)
         store[DATASET] = np.frombuffer(data, dtype=np.uint8)
         for name, value in extra_arrays.items():
-            store[f"{TRAINING_PREFIX}{name}"] = np.asarray(value)
+            store[snapshot.array_name(name)] = np.asarray(value)
         for key, arrays in self.collect_arrays().items():
             for name, value in arrays.items():
-                store[f"{ARRAY_PREFIX}{key}::{name}"] = np.asarray(value)
+                store[snapshot.array_name(name, key)] = np.asarray(value)
 
     def load_own_variables(self, store: Any) -> None:
         if DATASET not in store:
             warn_no_state("this checkpoint")
             return
         doc = decode_envelope(np.asarray(store[DATASET], dtype=np.uint8).tobytes())
-        self.apply(doc["callbacks"], split_arrays(store))
+        self.apply(doc[snapshot.CALLBACKS], split_arrays(store))
 
 
 def distinct_keys(objs: Any) -> None:

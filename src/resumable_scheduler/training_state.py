@@ -15,10 +15,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from resumable_scheduler import data, rng
+from resumable_scheduler import data, rng, snapshot
 from resumable_scheduler.tracker import tracker_for
 
-NOW = "now_"
+NOW = snapshot.NOW_PREFIX
 HostRng = tuple[dict[str, Any], dict[str, np.ndarray]]
 
 
@@ -54,21 +54,19 @@ def capture(
         for i, v in enumerate(model.metrics_variables):
             arrays[f"metric_{i}"] = np.asarray(keras.ops.convert_to_numpy(v))
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer else 0
-    doc: dict[str, Any] = {
-        "position": {"epoch": int(epoch), "batch": int(batch), "step": step},
-        "rng": meta,
-    }
+    snap = snapshot.Snapshot(
+        position=snapshot.Position(int(epoch), int(batch), step), rng=meta, arrays=arrays
+    )
     if batch:
-        doc["rng_now"] = now_meta
+        snap.items[snapshot.RNG_NOW] = now_meta
         # What "batch `batch`" counts: a rerun with another batch size, data
         # length or steps per epoch must not resume this position (see
         # data.check_resumed_input). Absent outside a fit, and in older
         # checkpoints.
-        record = data.input_record(model)
-        if record is not None:
-            doc["input"] = record
+        snap.items[snapshot.INPUT] = data.input_record(model)
     if include_callbacks:
-        doc["callbacks"] = tracker_for(model).collect()
+        snap.callbacks = tracker_for(model).collect()
+    doc = snap.document(include_callbacks=include_callbacks)
     return doc, arrays
 
 
@@ -78,9 +76,9 @@ def apply_after_load(
     """After the variables are loaded: callback states (unless loading the
     variables through Keras did it already), seed generators, RNGs."""
     if apply_callbacks:
-        tracker_for(model).apply(doc["callbacks"])
+        tracker_for(model).apply(doc[snapshot.CALLBACKS])
     rng.restore_seed_generators(model, arrays)
-    rng.restore_host_rng(doc["rng"], arrays)
+    rng.restore_host_rng(doc[snapshot.RNG], arrays)
 
 
 def restore_metrics(model: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -95,5 +93,5 @@ def restore_metrics(model: Any, arrays: dict[str, np.ndarray]) -> None:
 def restore_rng_now(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Sets the host RNGs to their state at a mid-epoch checkpoint (call once
     the batches already trained have been skipped)."""
-    if "rng_now" in doc:
-        rng.restore_host_rng(doc["rng_now"], arrays, prefix=NOW)
+    if snapshot.RNG_NOW in doc:
+        rng.restore_host_rng(doc[snapshot.RNG_NOW], arrays, prefix=NOW)

@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler import rng, training_state
-from resumable_scheduler import data
+from resumable_scheduler import data, rng, snapshot, training_state
 from resumable_scheduler.data import epoch_steps, skip_batches
 from resumable_scheduler.tracker import tracker_for
 
@@ -148,10 +147,10 @@ class ResumeMixin:
         """After the variables are loaded: callback states (unless loading them
         did it already), RNGs, the epoch to start."""
         training_state.apply_after_load(ki.model_of(self), doc, arrays, apply_callbacks=apply_callbacks)
-        position = doc["position"]
+        position = doc[snapshot.POSITION]
         epoch = position["epoch"]
         self._current_epoch = epoch
-        run = doc.get("run")
+        run = doc.get(snapshot.RUN)
         if isinstance(run, dict) and type(run.get("epochs")) is int:
             self._run_epochs = run["epochs"]
         epochs = self.params.get("epochs") if self.params else None
@@ -188,7 +187,7 @@ class ResumeMixin:
         out: dict[str, Any] = {}
         epochs = self.params.get("epochs") if self.params else None
         if isinstance(epochs, int):
-            out["run"] = {"epochs": epochs}
+            out[snapshot.RUN] = {"epochs": epochs}
         cbs = ki.running_fit_callbacks(ki.model_of(self)) or []
         mine = next((i for i, c in enumerate(cbs) if c is self), None)
         if mine is None:
@@ -197,17 +196,17 @@ class ResumeMixin:
         keys = {id(obj): key for key, obj in tracker.resumables().items()}
         later = [keys[id(c)] for c in cbs[mine + 1:] if id(c) in keys and c is not self]
         if later:
-            out["replay"] = {"epoch": int(epoch), "logs": _scalar_logs(logs), "callbacks": later}
+            out[snapshot.REPLAY] = {"epoch": int(epoch), "logs": _scalar_logs(logs), "callbacks": later}
         return out
 
     def _replay_epoch_end(self, doc: dict[str, Any]) -> None:
         """Runs `on_epoch_end` of the callbacks that had not seen the epoch
         end the checkpoint was written at (see `_epoch_end_doc`)."""
-        replay = doc.get("replay")
-        if not isinstance(replay, dict) or doc["position"]["batch"] != 0:
+        replay = doc.get(snapshot.REPLAY)
+        if not isinstance(replay, dict) or doc[snapshot.POSITION]["batch"] != 0:
             return
         epoch = replay.get("epoch")
-        if type(epoch) is not int or epoch + 1 != doc["position"]["epoch"]:
+        if type(epoch) is not int or epoch + 1 != doc[snapshot.POSITION]["epoch"]:
             return
         logs = replay.get("logs") if isinstance(replay.get("logs"), dict) else {}
         resumables = tracker_for(ki.model_of(self)).resumables()
@@ -262,14 +261,14 @@ class ResumeMixin:
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         resume, self._resume = self._resume, None
         batch = 0
-        if resume is not None and resume[0]["position"]["epoch"] == epoch:
+        if resume is not None and resume[0][snapshot.POSITION]["epoch"] == epoch:
             doc, arrays = resume
             # A position counted on another input (batch size, data length,
             # steps per epoch) is refused before anything is trained.
             data.check_resumed_input(self, doc)
             # Re-create the interrupted epoch: same RNG, so the same order.
-            rng.restore_host_rng(doc["rng"], arrays)
-            batch = doc["position"]["batch"]
+            rng.restore_host_rng(doc[snapshot.RNG], arrays)
+            batch = doc[snapshot.POSITION]["batch"]
             if batch:
                 training_state.restore_metrics(ki.model_of(self), arrays)
                 self._skip = skip_batches(
@@ -315,7 +314,7 @@ class ResumeMixin:
             # replayed on resume (`_epoch_end_doc`).
             self._epoch_end_extra = self._epoch_end_doc(epoch, logs)
             tracker = tracker_for(ki.model_of(self))
-            tracker.epoch_end_replayed = frozenset(self._epoch_end_extra.get("replay", {}).get("callbacks", ()))
+            tracker.epoch_end_replayed = frozenset(self._epoch_end_extra.get(snapshot.REPLAY, {}).get("callbacks", ()))
             try:
                 self._commit(epoch + 1, 0, rng.capture_host_rng())
             finally:

@@ -16,6 +16,7 @@ import importlib
 import os
 from typing import Any
 
+from resumable_scheduler import snapshot
 from resumable_scheduler.storage import h5
 
 #: The states of this package's callbacks, validated as soon as a checkpoint
@@ -31,7 +32,7 @@ KNOWN_STATES = {
 def check_states(doc: dict[str, Any], where: str) -> None:
     """Validates the states of our callbacks in an envelope; a bad one is a
     `ValueError` naming `where` and the callback (its message names the field)."""
-    callbacks = doc["callbacks"]
+    callbacks = doc[snapshot.CALLBACKS]
     for key, (module, cls) in KNOWN_STATES.items():
         if key in callbacks:
             try:
