@@ -13,7 +13,8 @@ with `keras.ops` so the schedule returns a JAX array) twice:
    prints `batch E B` after each batch and goes on without waiting; the
    parent kills it after a random number of printed batches plus a random
    few milliseconds, so the kill lands at a random instant: inside a batch,
-   between batches or inside a checkpoint write.
+   between batches or inside a checkpoint write. The killing and
+   restarting is `resumable_scheduler.harness.run_until_done`.
 
 Both runs shuffle the batches (`shuffle=True`, Keras's default):
 `rs.BackupAndRestore` saves the host RNGs with each checkpoint, so the
@@ -54,9 +55,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import random  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -68,7 +67,7 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 import resumable_scheduler as rs  # noqa: E402
-from resumable_scheduler.storage.atomic import TMP_MARK  # noqa: E402
+from resumable_scheduler import harness  # noqa: E402
 
 EPOCHS = 15
 BATCH_SIZE = 1
@@ -89,6 +88,8 @@ DEFAULT_KILLS = 3
 #: [0, KILL_JITTER_S) before the SIGKILL, so that it lands at any instant of
 #: the following batch (training it or committing its checkpoint).
 KILL_JITTER_S = 0.02
+#: Seconds all the child's runs together may take before the demo gives up.
+CHILD_TIMEOUT_S = 900.0
 
 
 def schedule(epoch: int, lr: float) -> Any:
@@ -136,12 +137,12 @@ def make_backup(backup_dir: str, backup: str = "rs") -> keras.callbacks.Callback
 
 
 class _EpochProgress(keras.callbacks.Callback):
-    """Stock child: prints `epoch N` (N epochs done) after the backup of
-    epoch N is written, then blocks until the parent answers on stdin, so a
+    """Stock child: prints `epoch E` (epoch E, from 0, is done) after the
+    backup of epoch E is written, then blocks until the parent answers on stdin, so a
     SIGKILL lands between epochs (where the stock backup is consistent)."""
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        print(f"epoch {epoch + 1}", flush=True)
+        print(f"epoch {epoch}", flush=True)
         sys.stdin.readline()
 
 
@@ -226,92 +227,21 @@ def _child(workdir: str, backup: str) -> int:
     return 0
 
 
-def _start_child(workdir: str, backup: str, log: Any) -> subprocess.Popen:
+def _child_command(workdir: str, backup: str) -> list[str]:
+    return [sys.executable, "-m", "resumable_scheduler.demo", "--child",
+            "--backup", backup, "--workdir", workdir]
+
+
+def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("KERAS_BACKEND", "jax")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return subprocess.Popen(
-        [sys.executable, "-m", "resumable_scheduler.demo", "--child",
-         "--backup", backup, "--workdir", workdir],
-        stdin=subprocess.PIPE if backup == "stock" else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-    )
+    return env
 
 
 def _position(done: int) -> tuple[int, int]:
     """(epoch, batches done in it) after `done` batches in all."""
     return divmod(done, BATCHES_PER_EPOCH)
-
-
-def _run_child(
-    workdir: str, backup: str, run: int, kill_after: int | None, jitter: float
-) -> tuple[bool, int]:
-    """Runs one child; SIGKILLs it once it reports `kill_after` epochs
-    (stock) or batches in all (rs) done, `jitter` seconds later.
-
-    Returns `(killed, epochs or batches reported done)`.
-    """
-    log_path = os.path.join(workdir, f"child-{run}.log")
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = _start_child(workdir, backup, log)
-        return _watch_child(proc, kill_after, jitter, log_path)
-
-
-def _watch_child(
-    proc: subprocess.Popen, kill_after: int | None, jitter: float, log_path: str
-) -> tuple[bool, int]:
-    assert proc.stdout is not None
-    done = 0
-    try:
-        for line in proc.stdout:
-            words = line.split()
-            if len(words) == 2 and words[0] == "epoch":  # stock: waits for us
-                done = int(words[1])
-            elif len(words) == 3 and words[0] == "batch":  # rs: does not wait
-                done = int(words[1]) * BATCHES_PER_EPOCH + int(words[2]) + 1
-            else:
-                continue
-            if kill_after is not None and done >= kill_after:
-                if jitter > 0:
-                    time.sleep(jitter)
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                if proc.returncode == 0:  # it finished before the kill landed
-                    break
-                return True, done
-            if proc.stdin is not None:
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if proc.returncode != 0:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            err = f.read()
-        raise RuntimeError(f"The demo's child process failed (exit {proc.returncode}):\n{err[-3000:]}")
-    return False, done
-
-
-def _saved_position(backup_dir: str) -> tuple[int, int] | None:
-    """(epoch, batch) of the checkpoint the next run resumes from, if any."""
-    try:
-        saved = rs.read_state(backup_dir)
-    except (OSError, ValueError):
-        return None
-    return int(saved["epoch"]), int(saved.get("batch") or 0)
-
-
-def _inside_write(backup_dir: str) -> bool:
-    """Whether a kill left a half-written commit (a temporary) behind."""
-    try:
-        return any(TMP_MARK in name for name in os.listdir(backup_dir))
-    except OSError:
-        return False
 
 
 def run_demo(
@@ -344,7 +274,8 @@ def run_demo(
         `killed_at` and `checkpoints` (at each kill, the `(epoch, batch)`
         the child had reported and the one its backup resumes from; None
         when no checkpoint had been committed yet), `inside_write` (kills
-        that left a half-written checkpoint behind), `runs`,
+        that left a half-written checkpoint behind), `runs`, `record` (the
+        `resumable_scheduler.harness.RunRecord` of the child's runs),
         `weights_equal`, `ok`, `seconds` and `workdir`.
     """
     _check_backup(backup)
@@ -362,9 +293,11 @@ def run_demo(
             return run_demo(seed=seed, kills=kills, workdir=tmp, out=out, backup=backup)
     os.makedirs(workdir, exist_ok=True)
     backup_dir = os.path.join(workdir, "backup")
-    rng = random.Random(seed)
-    kill_points = sorted(rng.sample(range(1, units), kills))
-    jitters = [rng.uniform(0, KILL_JITTER_S) if per_batch else 0.0 for _ in kill_points]
+    plan = harness.random_kills(kills, seed, at_batches=range(1, units),
+                                jitter=KILL_JITTER_S if per_batch else 0.0)
+    kill_points = [k.at_batch for k in plan]
+    if not per_batch:  # the stock child reports whole epochs: kill after epoch N
+        plan = [dataclasses.replace(k, at_batch=k.at_batch * BATCHES_PER_EPOCH) for k in plan]
 
     say(f"[1/2] Training the documented example uninterrupted, no backup "
         f"({EPOCHS} epochs x {BATCHES_PER_EPOCH} batches, batch_size={BATCH_SIZE}, "
@@ -387,35 +320,39 @@ def run_demo(
     killed_at: list[tuple[int, int]] = []
     checkpoints: list[tuple[int, int] | None] = []
     inside_write = 0
-    runs = 0
-    pending = list(zip(kill_points, jitters))
-    while True:
-        runs += 1
-        target, jitter = pending.pop(0) if pending else (None, 0.0)
-        killed, done = _run_child(workdir, backup, runs, target, jitter)
-        if not killed:
-            what = f"all {TOTAL_BATCHES} batches" if per_batch else f"all {done} epochs"
-            if target is not None:
-                what += " (it finished before the kill landed)"
-            say(f"[2/2] child run {runs}: finished {what}")
-            break
-        killed_after.append(done)
-        saved = _saved_position(backup_dir)
+
+    def after_kill(kill: harness.KillRecord) -> None:
+        nonlocal inside_write
+        done = kill.batches_done or 0
+        saved = harness.backup_position(backup_dir)
         checkpoints.append(saved)
         if per_batch:
+            killed_after.append(done)
             at = _position(done)
             killed_at.append(at)
-            inside = _inside_write(backup_dir)
+            inside = harness.inside_write(backup_dir)
             inside_write += inside
             where = "no checkpoint yet" if saved is None else f"checkpoint at epoch {saved[0]}, batch {saved[1]}"
-            say(f"[2/2] child run {runs}: killed at epoch {at[0]}, batch {at[1]} + {jitter * 1000:.0f} ms ({where}"
-                f"{'; inside a checkpoint write' if inside else ''})")
+            say(f"[2/2] child run {kill.run}: killed at epoch {at[0]}, batch {at[1]} + {kill.delay * 1000:.0f} ms "
+                f"({where}{'; inside a checkpoint write' if inside else ''})")
         else:
-            killed_at.append((done, 0))
+            epochs_done = done // BATCHES_PER_EPOCH
+            killed_after.append(epochs_done)
+            killed_at.append((epochs_done, 0))
             where = "no checkpoint yet" if saved is None else f"the backup resumes at epoch {saved[0]}"
-            say(f"[2/2] child run {runs}: killed after epoch {done} ({where})")
-        if runs > units + 2:
-            raise RuntimeError("The demo's child made no progress across restarts.")
+            say(f"[2/2] child run {kill.run}: killed after epoch {epochs_done} ({where})")
+
+    record = harness.run_until_done(
+        _child_command(workdir, backup), plan, batches_per_epoch=BATCHES_PER_EPOCH,
+        env=_child_env(), answer=None if per_batch else "", log_dir=workdir, log_name="child",
+        timeout=CHILD_TIMEOUT_S, after_kill=after_kill, name="The demo's child process",
+    )
+    runs = record.runs
+    done_epochs = record.progress.batches_done(BATCHES_PER_EPOCH) // BATCHES_PER_EPOCH if record.progress else 0
+    what = f"all {TOTAL_BATCHES} batches" if per_batch else f"all {done_epochs} epochs"
+    if record.finished_before_kill:
+        what += " (it finished before the kill landed)"
+    say(f"[2/2] child run {runs}: finished {what}")
     resumed, weights = load_result(workdir)
 
     weights_equal = len(weights) == len(ref_weights) and all(
@@ -443,6 +380,7 @@ def run_demo(
         "checkpoints": checkpoints,
         "inside_write": inside_write,
         "runs": runs,
+        "record": record,
         "weights_equal": weights_equal,
         "ok": ok,
         "seconds": seconds,
