@@ -61,9 +61,15 @@ class StateTracker(KerasSaveable):
         self._model_ref: Any = None  # weakref to the model, set by tracker_for
         self._unclaimed: dict[str, Mapping[str, Any]] = {}
         self._unclaimed_arrays: dict[str, dict[str, np.ndarray]] = {}
+        #: The position (see "the training position" below): the next batch
+        #: to train is `batch` of `epoch`.
         self.epoch = 0
         self.batch = 0
+        #: Batches per epoch of the running fit (None: unknown).
         self.steps: int | None = None
+        #: Batches of the training epoch done so far (not wrapped to the next
+        #: epoch at its end, unlike `batch`).
+        self.done = 0
         #: State keys whose `on_epoch_end` a resumed run replays from the
         #: epoch-end checkpoint being written (set only while it is written).
         self.epoch_end_replayed: frozenset[str] = frozenset()
@@ -153,28 +159,57 @@ class StateTracker(KerasSaveable):
                     self._unclaimed_arrays[key] = dict(arrays[key])
         return applied
 
-    # -- shared position (idempotent: several callbacks may report it) -------
+    # -- the training position ---------------------------------------------------
+    #
+    # The tracker is the one owner of the position of its model's fit. Every
+    # resumable callback reports what it sees (the calls are idempotent, so
+    # the order of the callbacks does not matter and several may report the
+    # same event); checkpoints and callback states read it from here.
+
+    def begin_fit(self, params: Mapping[str, Any] | None) -> None:
+        """A fit starts (`on_train_begin`): learns its batches per epoch."""
+        self.steps = (params or {}).get("steps")
+
+    def set_position(self, epoch: int, batch: int) -> None:
+        """Batch `batch` of `epoch` is next: a restored state's position, or
+        the start of an epoch (at the batch a resumed epoch skips to)."""
+        self.epoch, self.batch = int(epoch), int(batch)
+        self._training_epoch, self.done = self.epoch, self.batch
 
     def note_epoch_begin(self, epoch: int) -> None:
-        self._training_epoch = epoch
+        """Epoch `epoch` starts: at the restored batch if it is the restored
+        epoch, at batch 0 otherwise."""
         if epoch != self.epoch:
             self.epoch, self.batch = epoch, 0
+        self._training_epoch, self.done = epoch, self.batch
 
     def note_batch_begin(self, batch: int, steps_per_execution: int = 1) -> None:
         """Batch `batch` (and the rest of its execution) is being trained: a
-        checkpoint written at its end must count it as done. Idempotent:
-        several callbacks of one fit may report the same batch."""
-        done = batch + steps_per_execution
+        checkpoint written at its end must count it as done."""
+        self._note_done(batch + steps_per_execution)
+
+    def note_batch_end(self, batch: int) -> None:
+        """Batch `batch` (the last of its execution) has been trained."""
+        self._note_done(batch + 1)
+
+    def _note_done(self, done: int) -> None:
+        self.done = done
         if self.steps is not None and done >= self.steps:
             self.epoch, self.batch = self._training_epoch + 1, 0
         else:
             self.epoch, self.batch = self._training_epoch, done
 
     def note_epoch_end(self, epoch: int) -> None:
-        # With a known epoch length, a batch count short of it means fit was
-        # stopped mid-epoch (preemption): keep the mid-epoch position.
+        """Epoch `epoch` ends. With a known epoch length, a batch count short
+        of it means fit was stopped mid-epoch (preemption): the mid-epoch
+        position is kept."""
         if self.epoch == epoch and (self.steps is None or self.batch == 0 or self.batch >= self.steps):
             self.epoch, self.batch = epoch + 1, 0
+
+    @property
+    def training_epoch(self) -> int:
+        """The epoch being trained (or last trained)."""
+        return self._training_epoch
 
     # -- Keras saving hooks ---------------------------------------------------
 

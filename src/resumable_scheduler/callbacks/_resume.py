@@ -1,9 +1,10 @@
 """What `rs.BackupAndRestore` and `rs.OrbaxCheckpoint` share: the position,
 the resumed epoch, the save schedule, and preemption.
 
-`ResumeMixin` is mixed into a Keras checkpoint callback. It keeps the
-epoch/batch position, decides when a checkpoint falls due (every epoch or
-every `save_freq` batches), commits an epoch-end checkpoint in its own
+`ResumeMixin` is mixed into a Keras checkpoint callback. It reports the
+epoch/batch position to the model's tracker (its one owner, shared with
+every resumable callback of the model), decides when a checkpoint falls due
+(every epoch or every `save_freq` batches), commits an epoch-end checkpoint in its own
 `on_epoch_end` with the epoch's logs and the resumable callbacks listed
 after it (a resumed run replays their `on_epoch_end`, so neither an
 exception in a later callback nor the order of the list loses or changes
@@ -123,11 +124,24 @@ class ResumeMixin:
 
     # -- state -----------------------------------------------------------------
 
+    @property
+    def _epoch(self) -> int:
+        """The epoch being trained; the model's tracker owns the position."""
+        model = ki.model_of(self)
+        return tracker_for(model).training_epoch if model is not None else 0
+
+    @property
+    def _batch(self) -> int:
+        """Batches of `_epoch` done (from the model's tracker)."""
+        model = ki.model_of(self)
+        return tracker_for(model).done if model is not None else 0
+
     def _reset_position(self) -> None:
         # A fit that raised skipped on_train_end: undo what it left first.
         self._abandon_fit()
-        self._epoch = 0
-        self._batch = 0
+        model = ki.model_of(self)
+        if model is not None:  # None when called from __init__
+            tracker_for(model).begin_fit(self.params)
         self._current_epoch = 0
         self._since_save = 0
         self._boundary_pending = False
@@ -279,11 +293,11 @@ class ResumeMixin:
                 )
         data.warn_partial_epochs(self)
         self._epoch_steps = data.steps_in_epoch(self)
-        self._epoch, self._batch = epoch, batch
+        tracker_for(ki.model_of(self)).set_position(epoch, batch)
         self._epoch_rng = rng.capture_host_rng()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._batch = batch + 1
+        tracker_for(ki.model_of(self)).note_batch_end(batch)
         steps = epoch_steps(self)
         last = steps is not None and self._batch >= steps
         signum = self._poll_signal()
@@ -302,6 +316,7 @@ class ResumeMixin:
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         finished = self._batch_count_done(epoch)
+        tracker_for(ki.model_of(self)).note_epoch_end(epoch)
         if finished:
             self._current_epoch = epoch + 1
         due = self._boundary_pending or (

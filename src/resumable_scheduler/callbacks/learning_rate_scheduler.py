@@ -179,8 +179,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         self._restored = True
         model = ki.model_of(self)
         if model is not None:
-            tracker = tracker_for(model)
-            tracker.epoch, tracker.batch = new.epoch, new.batch
+            tracker_for(model).set_position(new.epoch, new.batch)
 
     # -- Keras hooks ----------------------------------------------------------
 
@@ -188,7 +187,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         super().set_model(model)
         tracker = tracker_for(model)
         if self._state is not None:
-            tracker.epoch, tracker.batch = self._state.epoch, self._state.batch
+            tracker.set_position(self._state.epoch, self._state.batch)
         tracker.register(self)
 
     def _optimizers(self) -> list[Any]:
@@ -230,8 +229,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
         )
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        tracker = tracker_for(ki.model_of(self))
-        tracker.steps = self.params.get("steps") if self.params else None
+        tracker_for(ki.model_of(self)).begin_fit(self.params)
         if self._state is None:
             self._state = self._fresh_state()
         self._apply_pending()
@@ -275,8 +273,7 @@ class LearningRateScheduler(keras.callbacks.Callback):
                 # A new run with a reused instance: as stock Keras, the
                 # schedule starts over from the optimizer's current rate.
                 self._state = self._fresh_state()
-                tracker = tracker_for(ki.model_of(self))
-                tracker.epoch, tracker.batch = 0, 0
+                tracker_for(ki.model_of(self)).set_position(0, 0)
         state = self._state
         assert state is not None
         opts, multi = self._optimizers_and_multi()
