@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,7 +12,6 @@ import keras
 import numpy as np
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler._adapters import runtime
 from resumable_scheduler import training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
@@ -25,15 +22,8 @@ from resumable_scheduler.callbacks._resume import (
 from resumable_scheduler.monitor_state import check_best, encode_best
 from resumable_scheduler.protocol import encode_envelope
 from resumable_scheduler.storage import orbax_dir as layout
+from resumable_scheduler.storage import orbax_store
 from resumable_scheduler.tracker import tracker_for
-
-#: The checkpointer each directory has open in this process. A `fit` that
-#: ended by an exception never reached `on_train_end`: its background write
-#: must finish before a new `fit` cleans up temporaries in the same directory,
-#: and before the program exits (`_finish_at_exit`).
-_OPEN: dict[str, Any] = {}
-_EXIT_HOOK: list[bool] = []  # registered once
-_EXITING: list[bool] = []  # the program is ending: _finish_at_exit has run
 
 GROUPS = ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables")
 _HOST_RNG_PREFIXES = ("rng_", training_state.NOW)
@@ -195,9 +185,11 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         self.exit_on_preemption = exit_on_preemption
         self.preemption_exit_code = preemption_exit_code
         self.preempted: int | None = None
-        self.checkpointer: Any = None
-        self._async_futures: list[Any] = []
+        self.store = orbax_store.OrbaxStore(self.directory, max_to_keep)
         self._last_step = -1
+        #: The model config JSON and assets of this fit (they do not change
+        #: while it trains), serialized at its first save.
+        self._model_items: tuple[str, Any] | None = None
         self._reset_position()
 
     # -- resumable protocol (the `best` of save_best_only) ---------------------
@@ -292,11 +284,12 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
     def wait_until_finished(self) -> None:
         """Blocks until every background write has finished (on every process)."""
-        futures, self._async_futures = self._async_futures, []
-        for f in futures:
-            f.result()
-        if self.checkpointer is not None:
-            self.checkpointer.wait()
+        self.store.wait()
+
+    @property
+    def checkpointer(self) -> Any:
+        """The Orbax `Checkpointer` of `directory` while open (as stock), else None."""
+        return self.store.checkpointer
 
     # -- save decisions (save_best_only) -----------------------------------------
 
@@ -326,68 +319,15 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     # -- storage ------------------------------------------------------------
 
     def _open(self) -> None:
-        self._close()
-        previous = _OPEN.pop(self.directory, None)
-        if previous is not None:
-            try:
-                previous.close()  # waits for its writes
-            except Exception as e:  # noqa: BLE001 - the old run already failed
-                warnings.warn(f"An earlier write to {self.directory!r} failed: {e}", UserWarning, stacklevel=3)
-        ocp = layout.import_orbax().v1
-        policy = None
-        if self.max_to_keep is not None:
-            policy = ocp.training.preservation_policies.LatestN(self.max_to_keep)
-        self._context = layout.context()
-        self.checkpointer = ocp.training.Checkpointer(
-            self.directory,
-            context=self._context,
-            preservation_policy=policy,
-            cleanup_tmp_directories=True,
-        )
-        _OPEN[self.directory] = self.checkpointer
-        _register_exit_hook()
-        steps = [c.step for c in self.checkpointer.checkpoints]
-        self._last_step = max(steps, default=-1)
+        self.store.open()
+        self._last_step = max(self.store.steps(), default=-1)
+        self._model_items = None
 
     def _close(self) -> None:
-        if self.checkpointer is not None:
-            ckptr, self.checkpointer = self.checkpointer, None
-            self._async_futures = []
-            if _OPEN.get(self.directory) is ckptr:
-                del _OPEN[self.directory]
-            ckptr.close()
+        self.store.close()
 
     def _newest_resumable(self) -> tuple[int, dict[str, Any]] | None:
-        steps = sorted((c.step for c in self.checkpointer.checkpoints), reverse=True)
-        errors: list[str] = []
-        for step in steps:
-            try:
-                doc = layout.read_state_item(self.directory, step)
-            except ValueError as e:
-                errors.append(str(e))
-                continue
-            if doc is None:
-                raise ValueError(
-                    f"The newest step ({step}) in directory={self.directory!r} has no "
-                    "resumable state: it was written by keras.callbacks.OrbaxCheckpoint. "
-                    "rs.OrbaxCheckpoint cannot tell where to resume from it; use a new "
-                    "directory (keras.models.load_model can still read this one)."
-                )
-            if errors:
-                warnings.warn(
-                    f"The newest checkpoint could not be read ({errors[0]}); resuming "
-                    f"from step {step}.",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            return step, doc
-        if errors:
-            raise ValueError(
-                f"No usable checkpoint in directory={self.directory!r}: " + "; ".join(errors)
-                + ". Nothing was changed. To start training over from scratch, delete "
-                f"{self.directory!r} (or its step folders)."
-            )
-        return None
+        return self.store.newest_usable()
 
     def _load(self, step: int, doc: dict[str, Any]) -> None:
         model = ki.model_of(self)
@@ -397,11 +337,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         abstract: dict[str, Any] = {g: {} for g in GROUPS if g in doc["variables"]}
         for group, path, var in pairs:
             _put(abstract[group], path, _abstract_leaf(var))
-        with self._context:
-            loaded = self.checkpointer.load_checkpointables(
-                step, {layout.PYTREE: abstract, layout.ARRAYS: None}
-            )
-        tree, saved = loaded[layout.PYTREE], loaded[layout.ARRAYS]
+        tree, saved = self.store.load(step, abstract)
         for group, path, var in pairs:
             var.assign(_get(tree[group], path))
         arrays = {k: np.asarray(v) for k, v in (saved.get("training") or {}).items()}
@@ -413,8 +349,8 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
     def _release(self) -> None:
         """A fit that raised (no `on_train_end`): finish its writes, close."""
-        if _EXITING:
-            return  # _finish_at_exit closed it already
+        if orbax_store.exiting():
+            return  # the program's exit closed it already
         try:
             self._close()
         except Exception as e:  # noqa: BLE001 - that fit already failed
@@ -430,10 +366,17 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         """
         if self.checkpointer is None:
             self._open()
-        self._commit(self._epoch, self._batch, None, step=int(step))
+        # Orbax's own background save (no writer thread of the store), so
+        # that closing `self.checkpointer` right after finishes the write.
+        self._commit(self._epoch, self._batch, None, step=int(step), writer_thread=False)
 
     def _commit(
-        self, epoch: int, batch: int, host_rng: training_state.HostRng | None, step: int | None = None
+        self,
+        epoch: int,
+        batch: int,
+        host_rng: training_state.HostRng | None,
+        step: int | None = None,
+        writer_thread: bool = True,
     ) -> None:
         self._boundary_pending = False
         model = self.model  # on JAX this syncs the in-flight state
@@ -447,27 +390,26 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         tree = _state_tree(model)
         if self.save_weights_only:
             tree = {k: tree[k] for k in ("trainable_variables", "non_trainable_variables", "optimizer_variables")}
-        payload: dict[str, Any] = {
-            layout.PYTREE: tree,
-            layout.STATE: envelope,
-            layout.ARRAYS: {"training": arrays, "callbacks": tracker_for(model).collect_arrays()},
-        }
+        config = assets = None
         if not self.save_weights_only:
-            # What stock writes, so that keras.models.load_model reads it.
-            payload[layout.MODEL_CONFIG] = {"config": ki.model_config_json(model)}
-            assets = ki.model_assets(model)
-            if assets is not None:
-                payload[layout.ASSETS] = assets
+            # What stock writes, so that keras.models.load_model reads it;
+            # serialized once per fit.
+            if self._model_items is None or not writer_thread:
+                self._model_items = (ki.model_config_json(model), ki.model_assets(model))
+            config, assets = self._model_items
         if step is None:
             step = max(doc["position"]["step"], self._last_step + 1)
         self._last_step = max(self._last_step, step)
-        with self._context:
-            if self.save_on_background:
-                future = self.checkpointer.save_checkpointables_async(step, payload, force=True)
-                if future is not None:
-                    self._async_futures.append(future)
-            else:
-                self.checkpointer.save_checkpointables(step, payload, force=True)
+        self.store.save(
+            step,
+            tree,
+            envelope,
+            {"training": arrays, "callbacks": tracker_for(model).collect_arrays()},
+            model_config=config,
+            assets=assets,
+            background=self.save_on_background,
+            writer_thread=writer_thread,
+        )
         if self.verbose > 0 and self.is_primary_host():
             ki.print_msg(
                 f"\nEpoch {epoch + 1 if batch else epoch}: saving Orbax step {step} "
@@ -476,39 +418,6 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _register_exit_hook() -> None:
-    """Makes the program finish every background write before it exits.
-
-    A `fit` that raises skips `on_train_end`, so a background save may still
-    be running when the exception ends the program. Orbax's writer threads
-    then fail one by one ("cannot schedule new futures after interpreter
-    shutdown"), each with a page of traceback, and the step is left
-    unfinished. `_adapters.runtime` runs `_finish_at_exit` before the
-    thread pools shut down (`atexit` would run after them).
-    """
-    if _EXIT_HOOK:
-        return
-    _EXIT_HOOK.append(True)
-    runtime.register_before_thread_pools_shut_down(_finish_at_exit)
-
-
-def _finish_at_exit() -> None:
-    """Waits for the writes of every checkpointer still open; a write that
-    failed is reported in one line, without the writer threads' tracebacks."""
-    _EXITING.append(True)
-    for directory, ckptr in list(_OPEN.items()):
-        _OPEN.pop(directory, None)
-        try:
-            ckptr.close()
-        except BaseException as e:  # noqa: BLE001 - reported in one line at exit
-            print(
-                f"rs.OrbaxCheckpoint: a background save to {directory!r} was still "
-                f"running when the program ended, and failed: {type(e).__name__}: "
-                f"{str(e)[:500]}. The newest complete step before it is intact.",
-                file=sys.stderr,
-            )
 
 
 def _process_count() -> int:
