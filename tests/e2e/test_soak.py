@@ -1,9 +1,11 @@
-"""The kill-anywhere soak (quick mode; RS_SOAK_KILLS=N for more, or benchmarks/soak.py)."""
+"""The kill-anywhere soak (quick mode; RS_SOAK_KILLS=N for more, or benchmarks/soak.py),
+through resumable_scheduler.harness."""
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ def test_sigkill_anywhere_until_done_is_bitwise_equal(tmp_path):
     tally, got, want = run_soak(os.fspath(tmp_path), kills=kills, seed=1, delay=delay,
                                 window=window, epochs=epochs, log=lambda m: None)
     assert tally.kills == kills, tally
+    assert tally.runs == kills + 1 and tally.record.unused_kills == 0
+    assert all(k.exit_code == -signal.SIGKILL for k in tally.record.kills)
     # Some kills must land inside checkpoint writes (the delay hook widens them).
     assert tally.inside_write >= 1, tally
     assert got["iterations"] == want["iterations"] == 5 * epochs

@@ -6,18 +6,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import resumable_scheduler as rs
+from resumable_scheduler import harness
 from tests.support.resume_helpers import (
     BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model, outcome, run_uninterrupted,
 )
-
-CHILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "child_train.py")
+from tests.support.soak import CHILD
 
 
 def _interrupt(d, at, **kw):
@@ -104,20 +103,15 @@ def test_stale_temporary_is_removed_with_warning(tmp_path):
 
 def test_second_process_is_refused_and_dead_lock_does_not_block(tmp_path):
     d = os.fspath(tmp_path / "b")
-    child = subprocess.Popen(
-        [sys.executable, CHILD, d, os.fspath(tmp_path / "o"), "--sleep", "0.2", "--save-freq", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        for line in child.stdout:
-            # The save after batch 1 waits for the (background) write of
-            # batch 0's: a checkpoint is committed once batch 1 is reported.
-            if line.strip() == "batch 0 1":
-                break
+    with harness.Child([sys.executable, CHILD, d, os.fspath(tmp_path / "o"), "--sleep", "0.2",
+                        "--save-freq", "1"]) as child:
+        # The save after batch 1 waits for the (background) write of batch
+        # 0's: a checkpoint is committed once batch 1 is reported.
+        child.wait_for(lambda p: (p.epoch, p.batch) == (0, 1), timeout=300)
         with pytest.raises(RuntimeError, match=re.escape(f"Another process is training with backup_dir={d!r}")):
             fit(make_model(), [rs.BackupAndRestore(d, save_freq=1)])
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        code, _, _ = child.stop(signal.SIGKILL)
+    assert code == -signal.SIGKILL
     # The dead process's lock does not block; training resumes from its backup.
     state = rs.read_state(d)
     assert state["epoch"] == 0 and state["batch"] >= 1

@@ -7,8 +7,9 @@ it after any interruption continues the same run.
     python tests/support/child_train.py BACKUP_DIR OUT_DIR [--save-freq N|epoch]
         [--batch-log FILE] [--sleep SECONDS] [--samples N] [--epochs N]
 
-It prints `start` once training begins and `batch E B` after each batch, and
-appends `E B` for every trained batch to --batch-log. At the end it writes
+It prints `start` once training begins and `batch E B` after each batch (the
+line protocol of `resumable_scheduler.harness`, which kills and restarts it),
+and appends `E B` for every trained batch to --batch-log. At the end it writes
 OUT_DIR/weights.npz and OUT_DIR/result.json.
 """
 
