@@ -111,11 +111,8 @@ class StateTracker(KerasSaveable):
             for key, other in list(self._resumables.items()):
                 if id(other) not in live:
                     del self._resumables[key]
-        base = obj.state_key.split("#", 1)[0]
-        key, n = base, 1
-        while key in self._resumables and self._resumables[key] is not obj:
-            n += 1
-            key = f"{base}#{n}"
+        taken = {k for k, other in self._resumables.items() if other is not obj}
+        key = _free_key(obj.state_key, taken)
         if key != obj.state_key:
             obj.state_key = key  # type: ignore[misc] - per instance from now on
         for other_key, other in list(self._resumables.items()):
@@ -243,14 +240,20 @@ def distinct_keys(objs: Any) -> None:
     """
     taken: set[str] = set()
     for obj in objs:
-        base = obj.state_key.split("#", 1)[0]
-        key, n = base, 1
-        while key in taken:
-            n += 1
-            key = f"{base}#{n}"
+        key = _free_key(obj.state_key, taken)
         taken.add(key)
         if key != obj.state_key:
             obj.state_key = key
+
+
+def _free_key(state_key: str, taken: set[str]) -> str:
+    """The first of `<base>`, `<base>#2`, `<base>#3`, ... not in `taken`."""
+    base = state_key.split("#", 1)[0]
+    key, n = base, 1
+    while key in taken:
+        n += 1
+        key = f"{base}#{n}"
+    return key
 
 
 def warn_no_state(where: str) -> None:
