@@ -223,6 +223,21 @@ def named_file(kind, path):
     return layout.list_checkpoints(path)[0] if kind == "backup" else path
 
 
+def refused_by_every_reader(path, named, fragments, capsys):
+    """`rs.read_state`, `rs.restore` and `inspect` each refuse `path` with
+    one bounded message naming `named` and every fragment."""
+    with pytest.raises(ValueError) as info:
+        rs.read_state(path)
+    check_message(str(info.value), named, fragments)
+    with pytest.raises(ValueError) as info:
+        rs.restore(path, scheduler())
+    check_message(str(info.value), named, fragments)
+    assert cli.main(["inspect", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    check_message(err, named, fragments)
+
+
 @pytest.mark.parametrize("kind, edit, fragments", PARAMS)
 def test_read_state_refuses_a_crafted_file(originals, tmp_path, kind, edit, fragments):
     path = craft(originals, tmp_path, kind, edit)
@@ -306,16 +321,7 @@ def test_a_crafted_rng_state_is_refused_on_every_read_path(originals, tmp_path, 
     (ckpt,) = layout.list_checkpoints(d)
     before = snapshot(tmp_path)
     fragments = [f"field `{field}`", fragment]
-    with pytest.raises(ValueError) as info:
-        rs.read_state(d)
-    check_message(str(info.value), ckpt, fragments)
-    with pytest.raises(ValueError) as info:
-        rs.restore(d, scheduler())
-    check_message(str(info.value), ckpt, fragments)
-    assert cli.main(["inspect", d]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    check_message(err, ckpt, fragments)
+    refused_by_every_reader(d, ckpt, fragments, capsys)
     # Today's IndexError / ValueError came from inside fit, after the weights
     # were loaded; now the file is refused before anything is applied.
     model = make_model()
@@ -366,16 +372,7 @@ def test_garbage_h5_inside_a_valid_keras_zip(originals, tmp_path, capsys):
     path = garbage_keras(originals, tmp_path)
     before = snapshot(tmp_path)
     fragments = ["model.weights.h5", "Cannot read the HDF5 file"]
-    with pytest.raises(ValueError) as info:
-        rs.read_state(path)
-    check_message(str(info.value), path, fragments)
-    with pytest.raises(ValueError) as info:
-        rs.restore(path, scheduler())
-    check_message(str(info.value), path, fragments)
-    assert cli.main(["inspect", path]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    check_message(err, path, fragments)
+    refused_by_every_reader(path, path, fragments, capsys)
     assert snapshot(tmp_path) == before
 
 
