@@ -657,7 +657,8 @@ def backup_position(backup_dir: str) -> tuple[int, int] | None:
 
 def inside_write(backup_dir: str) -> bool:
     """Whether a kill left a half-written commit (a temporary) in
-    `backup_dir` (a bucket has none: an object appears whole or not at all)."""
+    `backup_dir` (a bucket has none: an object appears whole or not at all).
+    Imports Keras (through `resumable_scheduler.storage`)."""
     from resumable_scheduler.storage.atomic import TMP_MARK
 
     try:
