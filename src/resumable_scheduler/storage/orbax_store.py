@@ -45,6 +45,7 @@ failure is then reported in one line.
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import warnings
@@ -86,7 +87,10 @@ class OrbaxStore:
         self.checkpointer: Any = None
         self.ctx: Any = None
         self.futures: list[Any] = []  # Orbax's responses of saves in flight
-        self.writer: threading.Thread | None = None
+        self.writer: threading.Thread | None = None  # started at the first background save
+        self.jobs: Any = None  # its queue of (step, payload); None stops it
+        self.idle = threading.Event()  # set when no save is handed to the writer
+        self.idle.set()
         self.write_error: BaseException | None = None
         #: Seconds the caller was blocked in each `save`, split by phase
         #: (`copy`, `wait_previous`, `orbax`), newest last (the benchmark reads it).
@@ -126,7 +130,7 @@ class OrbaxStore:
         if ckptr is None:
             return
         try:
-            self._join_writer()
+            self._join_writer(stop=True)
         finally:
             self.checkpointer = None
             self.futures = []
@@ -223,12 +227,9 @@ class OrbaxStore:
             with clock("wait_previous"):
                 self._join_writer()
             with clock("copy"):
-                payload = _host_copy(payload)
+                payload = _snapshot(payload)
             with clock("orbax"):
-                self.writer = threading.Thread(
-                    target=self._write, args=(step, payload), name=f"rs-orbax-save-{step}", daemon=True
-                )
-                self.writer.start()
+                self._submit(step, payload)
         else:
             with clock("orbax"), self.ctx:
                 if background:
@@ -250,17 +251,36 @@ class OrbaxStore:
         if self.checkpointer is not None:
             self.checkpointer.wait()
 
-    def _write(self, step: int, payload: dict[str, Any]) -> None:
-        """The writer thread: one whole Orbax save, finalized and pruned."""
-        try:
-            with self.ctx:
-                self.checkpointer.save_checkpointables(step, payload, force=True)
-        except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
-            self.write_error = e
+    def _submit(self, step: int, payload: dict[str, Any]) -> None:
+        """Hands one save to the writer thread (started at the first)."""
+        if self.writer is None:
+            self.jobs = queue.SimpleQueue()
+            self.writer = threading.Thread(target=self._write_loop, args=(self.jobs,), name="rs-orbax-writer", daemon=True)
+            self.writer.start()
+        self.idle.clear()
+        self.jobs.put((step, payload))
 
-    def _join_writer(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
+    def _write_loop(self, jobs: "queue.SimpleQueue[Any]") -> None:
+        """The writer thread: whole Orbax saves (finalized and pruned), one at a time."""
+        ctx = layout.context()  # its own: a context is entered per thread
+        while (job := jobs.get()) is not None:
+            step, payload = job
+            try:
+                with ctx:
+                    self.checkpointer.save_checkpointables(step, payload, force=True)
+            except BaseException as e:  # noqa: BLE001 - raised on the caller's thread
+                self.write_error = e
+            finally:
+                del job, payload
+                self.idle.set()
+
+    def _join_writer(self, stop: bool = False) -> None:
+        """Waits for the save handed to the writer thread, if any (and with
+        `stop`, ends the thread); raises its error."""
+        self.idle.wait()
+        if stop and self.writer is not None:
+            writer, self.writer = self.writer, None
+            self.jobs.put(None)
             writer.join()
         error, self.write_error = self.write_error, None
         if error is not None:
@@ -305,12 +325,22 @@ def _single_jax_process() -> bool:
     return jax.process_count() == 1
 
 
-def _host_copy(payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload with every array leaf copied to host memory that nothing
-    else holds: the training step that follows donates (reuses) the
-    variables' device buffers, and the writer thread reads the copy later."""
+def _snapshot(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with every JAX array replaced by a copy that the training
+    step that follows cannot change (it donates, that is reuses, the
+    variables' buffers), for the writer thread to save later.
+
+    The copy is made on the arrays' own devices (dispatched asynchronously,
+    so the caller barely waits; the writer thread then saves it as stock
+    saves the variables) when every device has room for twice the state;
+    otherwise the arrays are copied to host memory (what Orbax's own
+    asynchronous save does before returning).
+    """
     import jax
 
+    leaves = [x for x in jax.tree_util.tree_leaves(payload) if isinstance(x, jax.Array)]
+    if _room_on_devices(leaves):
+        return jax.tree_util.tree_map(lambda x: x.copy() if isinstance(x, jax.Array) else x, payload)
     host = jax.device_get(payload)  # starts every transfer before waiting for one
 
     def own(x: Any) -> Any:
@@ -319,6 +349,24 @@ def _host_copy(payload: dict[str, Any]) -> dict[str, Any]:
         return x
 
     return jax.tree_util.tree_map(own, host)
+
+
+def _room_on_devices(leaves: list[Any]) -> bool:
+    """True if each device the arrays live on has free memory for two more
+    copies of all of them (devices that report no memory statistics, such
+    as the CPU, share the host's memory: always true)."""
+    total = sum(int(x.nbytes) for x in leaves)
+    devices = {d for x in leaves for d in x.sharding.device_set}
+    for device in devices:
+        try:
+            stats = device.memory_stats()
+        except Exception:  # noqa: BLE001 - a platform without statistics
+            stats = None
+        if not stats or "bytes_limit" not in stats:
+            continue
+        if stats["bytes_limit"] - stats.get("bytes_in_use", 0) < 2 * total:
+            return False
+    return True
 
 
 def _register_exit_hook() -> None:
