@@ -337,16 +337,20 @@ class Child:
         )
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.eof = False
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr_file,
-            text=True,
-            bufsize=1,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self.stderr_file,
+                text=True,
+                bufsize=1,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+            )
+        except BaseException:
+            self.stderr_file.close()
+            raise
         self.reader = threading.Thread(target=self.read_stdout, daemon=True)
         self.reader.start()
 
