@@ -54,8 +54,12 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     start of training) at the save, so a rerun never reuses a finished step.
     An epoch-end step is committed once every callback has finished the epoch.
     A relative `directory` is made absolute when the callback is created.
-    With `save_on_background=True` (default) Orbax writes in the background;
-    the end of `fit` waits for the writes (`wait_until_finished`).
+    With `save_on_background=True` (default) Orbax writes in the background:
+    on one JAX process a save blocks training only for a copy of the state
+    (on its devices), and the whole Orbax save runs on a writer thread
+    (`storage.orbax_store`); the end of `fit` waits for the writes
+    (`wait_until_finished`). The model config and assets that
+    `keras.models.load_model` reads are serialized once per `fit`.
     `keras.models.load_model(directory)` reads the newest step, as it reads a
     stock one. With `save_weights_only=True` no model config is written (as
     stock), but the optimizer variables still are: resuming needs them.
