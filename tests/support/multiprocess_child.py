@@ -1,12 +1,14 @@
-"""A training script for the Orbax kill/SIGTERM tests, in one or several JAX processes.
+"""A training script for the multi-process kill/SIGTERM tests, in one or several JAX processes.
 
 It is what a user's script looks like: build, compile, fit with
-`rs.OrbaxCheckpoint` and `rs.LearningRateScheduler`; rerunning it after any
-interruption continues the same run.
+`rs.OrbaxCheckpoint` (or, with `--backup`, `rs.BackupAndRestore`, DIRECTORY
+then being a local directory or a bucket URL) and `rs.LearningRateScheduler`;
+rerunning it after any interruption continues the same run.
 
     python tests/support/multiprocess_child.py DIRECTORY OUT_DIR [--save-freq N|epoch]
         [--processes 2 --process-id I --port P] [--samples N] [--epochs N]
-        [--batch-size N] [--big] [--sleep S] [--no-ckpt] [--sync]
+        [--batch-size N] [--big] [--sleep S] [--no-ckpt] [--sync] [--backup]
+        [--seed-per-process]
 
 With `--processes 2` it joins a two-process JAX run on 127.0.0.1 (CPU
 collectives over gloo, two CPU devices per process) and trains with
@@ -39,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--no-ckpt", action="store_true")
     p.add_argument("--sync", action="store_true", help="save_on_background=False")
+    p.add_argument("--backup", action="store_true", help="rs.BackupAndRestore instead of rs.OrbaxCheckpoint")
+    p.add_argument("--seed-per-process", action="store_true",
+                   help="seed the host RNGs (the batch order) differently in each process")
     a = p.parse_args(argv)
 
     os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -91,8 +96,17 @@ def main(argv=None) -> int:
     callbacks = [rs.LearningRateScheduler(schedule)]
     if not a.no_ckpt:
         save_freq = a.save_freq if a.save_freq == "epoch" else int(a.save_freq)
-        callbacks.append(rs.OrbaxCheckpoint(a.directory, save_freq=save_freq, save_on_background=not a.sync))
+        kind = rs.BackupAndRestore if a.backup else rs.OrbaxCheckpoint
+        callbacks.append(kind(a.directory, save_freq=save_freq, save_on_background=not a.sync))
     callbacks.append(Progress())
+    if a.seed_per_process:
+        # Each process shuffles its half in its own order (the model, built
+        # above, is the same in both): a resume that gave a process another
+        # process's host RNG state would train other batches.
+        import random
+
+        np.random.seed(1000 + a.process_id)
+        random.seed(1000 + a.process_id)
     model.fit(x, y, epochs=a.epochs, batch_size=a.batch_size, callbacks=callbacks, verbose=0)
 
     os.makedirs(a.out_dir, exist_ok=True)

@@ -7,6 +7,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Iterable
+from typing import Any
 
 import keras
 
@@ -20,6 +21,7 @@ from resumable_scheduler.callbacks._resume import (
 )
 from resumable_scheduler.storage import background
 from resumable_scheduler.storage import backup_dir as layout
+from resumable_scheduler.storage import processes
 from resumable_scheduler.storage.store import store_for
 from resumable_scheduler.tracker import tracker_for
 
@@ -27,6 +29,11 @@ __all__ = ["PREEMPTED_EXIT_CODE", "BackupAndRestore"]
 
 #: Lock path -> the callback that took the process's lock on it last.
 _LOCK_OWNERS: dict[str, "weakref.ref[BackupAndRestore]"] = {}
+
+
+def _nothing(value: Any) -> None:
+    """The `copy` of a saving walk whose values are not kept."""
+    return None
 
 
 class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
@@ -72,9 +79,26 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     new `BackupAndRestore` on the same `backup_dir` waits for that write
     before reading.
 
-    Concurrency: one process per `backup_dir` (a second one gets a
+    Concurrency: one run per `backup_dir` (a second one gets a
     `RuntimeError`; a lock left by a dead process does not block). Not
     thread-safe.
+
+    Several processes (JAX, `keras.distribution` initialized, every process
+    running the same `fit` with this callback on the same `backup_dir`):
+    the run has one backup. At each save point every process hands its own
+    part (its host RNG states and the input its batch position counts) to
+    process 0, which alone takes the lock (the lease, on a bucket), writes
+    the one checkpoint holding the shared state and every process's part,
+    and deletes it at the end; the other processes never write. On
+    restart, process 0 picks the newest usable checkpoint and hands its
+    name to all, so every process restores the same one, with its own
+    part. `backup_dir` must therefore be storage every process reads (a
+    bucket, or a shared file system). A checkpoint written by another
+    number of processes is refused with a `ValueError` naming both counts.
+    A failure on one process (a failed write, an unreadable checkpoint)
+    raises on all of them. A signal (`preemption_signals`) to any process
+    stops all of them after the same batch, with one checkpoint (this costs
+    one small all-gather per batch, only when several processes run).
 
     Args:
         backup_dir: String. Directory for the checkpoints; use it for nothing else.
@@ -160,6 +184,8 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         #: The host copy of the last background save (reused by the next one
         #: once its write is done; see `background.HostCopier`).
         self._host_arrays: list | None = None
+        #: The run's processes and this one's index (set in on_train_begin).
+        self._processes, self._process = 1, 0
         self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
@@ -177,13 +203,20 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # A fit that raised may have left a write to this location running
         # (ours or another callback's): it is committed before we read.
         self._collect_pending(background.wait_for(self._owner_key()))
-        self._open_dir()
+        self._processes, self._process = processes.count(), processes.index()
+        if self._process == 0:
+            # The lock (lease) is the run's: process 0 holds it for all.
+            self._open_dir()
         tracker_for(model).steps = self.params.get("steps") if self.params else None
-        ckpt = self._newest_usable()
-        if ckpt is not None:
-            self._load(ckpt)
-        elif self._store.exists(layout.STOCK_WEIGHTS):
-            self._load_stock()
+        if self._processes > 1:
+            kind = self._agreed_start()
+        else:
+            ckpt = self._newest_usable()
+            kind = ckpt if ckpt is not None else "stock" if self._store.exists(layout.STOCK_WEIGHTS) else None
+        if isinstance(kind, layout.Checkpoint):
+            self._together(lambda: self._load(kind), "loading the checkpoint")
+        elif kind == "stock":
+            self._together(self._load_stock, "loading the stock backup")
         else:
             self._start_fresh()
             if self.double_checkpoint:
@@ -215,7 +248,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             self._store.close()
         if self._exit_if_preempted():
             return
-        if self.delete_checkpoint and self._should_delete_at_end():
+        if self.delete_checkpoint and self._should_delete_at_end() and self._process == 0:
             self._store.remove_all()
 
     def _release(self) -> None:
@@ -287,11 +320,94 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         return None
 
     def _load(self, ckpt: layout.Checkpoint) -> None:
+        try:
+            # This process's host RNGs and input record; a checkpoint of
+            # another number of processes is refused before anything changes.
+            doc, arrays = processes.part_for(ckpt.doc, ckpt.arrays, ckpt.path, self._processes, self._process)
+        except ValueError:
+            self._store.close()
+            raise
         model = ki.model_of(self)
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(ckpt.weights())  # also hands over callback states
-        self._resume_from(ckpt.doc, ckpt.arrays, apply_callbacks=False)
+        self._resume_from(doc, arrays, apply_callbacks=False)
+
+    # -- several processes -----------------------------------------------------
+
+    def _together(self, fn: Any, what: str) -> None:
+        """Runs `fn()`; with several processes, if it fails on any of
+        them, it fails on all (none is left waiting in a collective)."""
+        if self._processes == 1:
+            fn()
+            return
+        error: BaseException | None = None
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - raised again below, on every process
+            error = e
+        error = processes.agree(error, what)
+        if error is not None:
+            if self._process == 0:
+                self._store.close()
+            raise error
+
+    def _agreed_start(self) -> layout.Checkpoint | str | None:
+        """With several processes: process 0 picks the newest usable
+        checkpoint and hands its name to all, so every process restores the
+        same one (even if another lands meanwhile); each reads it. Returns
+        it, `"stock"` (a stock Keras backup) or None (start fresh)."""
+        decision, error = "", None
+        ckpt: layout.Checkpoint | None = None
+        if self._process == 0:
+            try:
+                ckpt = self._newest_usable()
+            except ValueError as e:
+                error, decision = e, f"error {e}"
+            else:
+                if ckpt is not None:
+                    decision = "ckpt " + ckpt.path.rstrip("/").rsplit("/", 1)[-1]
+                elif self._store.exists(layout.STOCK_WEIGHTS):
+                    decision = "stock"
+                else:
+                    decision = "fresh"
+        decision = processes.broadcast_text(decision)
+        kind, _, rest = decision.partition(" ")
+        if kind == "error":
+            if error is not None:
+                raise error
+            raise ValueError(f"Process 0 of {self._processes} cannot resume: {rest}")
+        if kind == "stock":
+            return "stock"
+        if kind != "ckpt":
+            return None
+        failure: BaseException | None = None
+        try:
+            if ckpt is None:
+                try:
+                    ckpt = layout.read_named(self._store, rest)
+                except ValueError as e:
+                    raise ValueError(
+                        f"{e} Process {self._process} of {self._processes} cannot read the checkpoint "
+                        "that process 0 resumes from: every process reads it, so `backup_dir` must be "
+                        "storage they all reach (a bucket, or a shared file system)."
+                    ) from None
+            processes.part_for(ckpt.doc, ckpt.arrays, ckpt.path, self._processes, self._process)
+        except ValueError as e:
+            failure = e
+        failure = processes.agree(failure, f"reading {rest!r}")
+        if failure is not None:
+            if self._process == 0:
+                self._store.close()
+            raise failure
+        return ckpt
+
+    def _poll_signal(self) -> int | None:
+        if self._processes == 1:
+            return self._signal
+        # Every process asks at the end of every batch: a signal to any
+        # stops all of them at the same batch, with one shared checkpoint.
+        return processes.agreed_max(self._signal or 0) or None
 
     def _load_stock(self) -> None:
         """Continues from a backup that stock `keras.callbacks.BackupAndRestore`
@@ -326,19 +442,50 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
+        several = self._processes > 1
+        failed: BaseException | None = None
         # One write at a time: the previous one must be committed (or its
         # error raised here, in the training thread) before the next starts.
-        self._raise_write_error()
+        if not several:
+            self._raise_write_error()
+        else:
+            try:
+                self._raise_write_error()  # (only process 0 ever has one)
+            except Exception as e:  # noqa: BLE001 - every process raises it, below
+                failed = e
         model = self.model  # on JAX this syncs the in-flight state
         doc, arrays = training_state.capture(model, epoch, batch, host_rng, include_callbacks=False)
         doc.update(self._epoch_end_extra)
+        if several:
+            # Every process is at this save point: each hands its own part
+            # (host RNGs, input record) to process 0, which writes the one
+            # checkpoint of the run; the others never write.
+            error = "" if failed is None else f"{type(failed).__name__}: {str(failed)[:500]}"
+            parts = processes.decode_parts(processes.allgather_bytes(processes.encode_part(doc, arrays, error)))
+            if failed is not None:
+                raise failed
+            for i, part in enumerate(parts):
+                if part.get("error"):
+                    raise RuntimeError(
+                        f"Process {i} of {len(parts)} could not write a checkpoint to "
+                        f"backup_dir={self.backup_dir!r}: {part['error']}. Every process stops with it."
+                    )
+            if self._process == 0:
+                doc[processes.COUNT_KEY] = len(parts)
+                doc[processes.PARTS_KEY] = [{k: v for k, v in p.items() if k != "error"} for p in parts]
         tracker = tracker_for(model)
         store, keep = self._store, 2 if self.double_checkpoint else 1
         # Keras's saving writes the callback states through the tracker; the
         # position and RNG ride along in the same group.
         tracker.extra = (doc, arrays)
         try:
-            if not self.save_on_background:
+            if several and self._process != 0:
+                # The same walk of Keras's saving as process 0's, keeping
+                # nothing: under a distribution, Keras may create (and so
+                # place on every device, a collective) variables in it.
+                ki.record_weights(model, _nothing)
+                records = None
+            elif not self.save_on_background and not several:
                 layout.commit(store, model.save_weights)
             else:
                 # The host copy, taken now in the training thread: everything
@@ -349,6 +496,21 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
                 records = ki.record_weights(model, copier)
         finally:
             tracker.extra = None
+        if several and not self.save_on_background:
+            # Process 0 writes now; every process fails together if it fails.
+            write_error: BaseException | None = None
+            if records is not None:
+                try:
+                    layout.commit(store, lambda target: ki.write_weights(records, target))
+                    layout.prune(store, keep=keep)
+                except Exception as e:  # noqa: BLE001 - raised on every process
+                    write_error = e
+                finally:
+                    self._host_arrays = copier.arrays
+            self._agree_written(write_error)
+            return
+        if several and self._process != 0:
+            return  # process 0 writes the run's checkpoint
         if not self.save_on_background:
             layout.prune(store, keep=keep)
             return
@@ -359,6 +521,13 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
 
         self._writer = background.submit(self._owner_key(), write)
         self._writer.arrays = copier.arrays
+
+    def _agree_written(self, error: BaseException | None) -> None:
+        """After a synchronous write of process 0: every process raises its
+        error, or none does."""
+        error = processes.agree(error, f"writing a checkpoint to backup_dir={self.backup_dir!r}")
+        if error is not None:
+            raise error
 
     # -- background writes ---------------------------------------------------
 
