@@ -157,9 +157,11 @@ def test_both_processes_sigkilled_resume_exactly(tmp_path, backup_dir, reference
         for p in procs:
             p.wait(timeout=30)
             assert p.returncode == -signal.SIGKILL, f"seed {SEED}, life {k}"
-        # Batch `start + n - 1` was printed after its save point, which waits
-        # for the write of the batch before: that one is committed.
-        floor = start + n - 1
+        # Batch `last` was printed after its save point, which waits for the
+        # write of the one before: "batch `last` is next" is committed. The
+        # last batch of an epoch saves at the epoch's end, after the print.
+        last = start + n - 1
+        floor = last - 1 if last % 4 == 3 else last
     procs = launch(backup_dir, out, *ARGS, logs=tmp_path)
     codes, outs = finish(procs)
     assert codes == [0, 0], f"seed {SEED}"
@@ -173,6 +175,28 @@ def test_both_processes_sigkilled_resume_exactly(tmp_path, backup_dir, reference
     # The finished run deleted its backup (process 0 did).
     with pytest.raises(FileNotFoundError):
         rs.read_state(backup_dir)
+
+
+def test_sigterm_to_one_process_saves_one_checkpoint_and_stops_both(tmp_path, reference):
+    rng = random.Random(SEED + 1)
+    backup_dir, out = os.fspath(tmp_path / "backup"), tmp_path / "out"
+    args = ("--backup", "--save-freq", "epoch", "--seed-per-process")
+    procs = launch(backup_dir, out, *args, "--sleep", "0.05", logs=tmp_path)
+    at = rng.randrange(5, BATCHES - 10)
+    read_until(procs[0], f"batch {at // 4} {at % 4}")
+    procs[1].send_signal(signal.SIGTERM)
+    codes, outs = finish(procs, timeout=60)
+    assert codes == [rs.PREEMPTED_EXIT_CODE] * 2, f"seed {SEED}"
+    # Both stopped after the same batch, and that is the saved position.
+    last = [[line for line in o if line.startswith("batch")][-1] for o in outs]
+    assert last[0] == last[1]
+    state = rs.read_state(backup_dir)
+    e, b = map(int, last[0].split()[1:])
+    assert (state["epoch"], state["batch"]) == ((e, b + 1) if b < 3 else (e + 1, 0))
+    assert state["step"] == 4 * e + b + 1
+    codes, _ = finish(launch(backup_dir, out, *args, logs=tmp_path))
+    assert codes == [0, 0]
+    assert_same(result(out), reference)
 
 
 # -- in one process, standing in for one of two (no collectives needed) --------
