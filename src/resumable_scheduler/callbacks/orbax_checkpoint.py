@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler import training_state
+from resumable_scheduler import snapshot, training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
     ResumeMixin,
@@ -247,10 +247,9 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         if self.monitor_op is None and self.save_best_only:
             ki.set_monitor_op(self)
         self._open()
-        tracker_for(model).steps = self.params.get("steps") if self.params else None
         found = self._newest_resumable()
         epochs = self.params.get("epochs") if self.params else None
-        if found is not None and isinstance(epochs, int) and found[1]["position"]["epoch"] > epochs:
+        if found is not None and isinstance(epochs, int) and found[1][snapshot.POSITION]["epoch"] > epochs:
             self._train_past_a_longer_run(*found, epochs)
         elif found is not None:
             self._load(*found)
@@ -263,7 +262,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         for (`keras.models.load_model(directory)`, then `fit(epochs=1)` into
         it): not a rerun of the same script. As stock, train the model as
         given, with new steps after the newest; warn, never silently."""
-        position = doc["position"]
+        position = doc[snapshot.POSITION]
         warnings.warn(
             f"OrbaxCheckpoint: the newest step ({step}) in directory={self.directory!r} "
             f"is at epoch {position['epoch']}, batch {position['batch']}, past "
@@ -338,7 +337,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         pairs = _match_variables(model, doc, step)
-        abstract: dict[str, Any] = {g: {} for g in GROUPS if g in doc["variables"]}
+        abstract: dict[str, Any] = {g: {} for g in GROUPS if g in doc[snapshot.VARIABLES]}
         for group, path, var in pairs:
             _put(abstract[group], path, _abstract_leaf(var))
         tree, saved = self.store.load(step, abstract)
@@ -347,7 +346,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         arrays = {k: np.asarray(v) for k, v in (saved.get("training") or {}).items()}
         cb_arrays = {k: {n: np.asarray(a) for n, a in v.items()} for k, v in (saved.get("callbacks") or {}).items()}
         doc, arrays = _this_process_rng(doc, arrays)
-        tracker_for(model).apply(doc["callbacks"], cb_arrays)
+        tracker_for(model).apply(doc[snapshot.CALLBACKS], cb_arrays)
         self._resume_from(doc, arrays, apply_callbacks=False)
         self._last_step = max(self._last_step, step)
 
@@ -387,10 +386,10 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         doc, arrays = training_state.capture(model, epoch, batch, host_rng)
         doc.update(getattr(self, "_epoch_end_extra", None) or {})
         doc.update(self._epoch_end_extra)
-        doc["variables"] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
+        doc[snapshot.VARIABLES] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
         if _process_count() > 1:
-            doc["rng_by_process"] = _gather_host_rng(doc, arrays)
-        envelope = json.loads(encode_envelope(doc["callbacks"], {k: v for k, v in doc.items() if k != "callbacks"}))
+            doc[snapshot.RNG_BY_PROCESS] = _gather_host_rng(doc, arrays)
+        envelope = json.loads(encode_envelope(doc[snapshot.CALLBACKS], {k: v for k, v in doc.items() if k != snapshot.CALLBACKS}))
         tree = _state_tree(model)
         if self.save_weights_only:
             tree = {k: tree[k] for k in ("trainable_variables", "non_trainable_variables", "optimizer_variables")}
@@ -402,7 +401,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
                 self._model_items = (ki.model_config_json(model), ki.model_assets(model))
             config, assets = self._model_items
         if step is None:
-            step = max(doc["position"]["step"], self._last_step + 1)
+            step = max(doc[snapshot.POSITION]["step"], self._last_step + 1)
         self._last_step = max(self._last_step, step)
         self.store.save(
             step,
@@ -489,7 +488,7 @@ def _match_variables(model: Any, doc: dict[str, Any], step: int) -> list[tuple[s
     Variables are matched by position in their group, not by path: a model
     built again in the same process gets new unique names (`dense_1`).
     """
-    saved = doc.get("variables")
+    saved = doc.get(snapshot.VARIABLES)
     if not isinstance(saved, dict):
         raise ValueError(f"Unreadable resumable state of step {step}: no valid `variables` entry.")
     pairs = []
@@ -511,8 +510,8 @@ def _gather_host_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> list
     """Every process's host RNG state (they differ when processes shuffle
     differently), gathered so that process 0 can save them all."""
     mine = {
-        "rng": doc["rng"],
-        "rng_now": doc.get("rng_now"),
+        snapshot.RNG: doc[snapshot.RNG],
+        snapshot.RNG_NOW: doc.get(snapshot.RNG_NOW),
         "arrays": {
             k: {"dtype": str(v.dtype), "data": np.asarray(v).tolist()}
             for k, v in arrays.items()
@@ -529,7 +528,7 @@ def _gather_host_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> list
 
 def _this_process_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The doc and arrays with this process's own host RNG state."""
-    per = doc.get("rng_by_process")
+    per = doc.get(snapshot.RNG_BY_PROCESS)
     if not per:
         return doc, arrays
     count, index = _process_count(), _process_index()
@@ -543,9 +542,9 @@ def _this_process_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> tup
         )
         return doc, arrays
     mine = per[index]
-    doc = {**doc, "rng": mine["rng"]}
-    if mine.get("rng_now") is not None:
-        doc["rng_now"] = mine["rng_now"]
+    doc = {**doc, snapshot.RNG: mine[snapshot.RNG]}
+    if mine.get(snapshot.RNG_NOW) is not None:
+        doc[snapshot.RNG_NOW] = mine[snapshot.RNG_NOW]
     arrays = {k: v for k, v in arrays.items() if not k.startswith(_HOST_RNG_PREFIXES)}
     for k, a in mine["arrays"].items():
         arrays[k] = np.asarray(a["data"], dtype=np.dtype(a["dtype"]))

@@ -29,7 +29,8 @@ import os
 from typing import Any
 
 from resumable_scheduler._adapters import orbax as _orbax_names
-from resumable_scheduler.protocol import decode_envelope
+from resumable_scheduler import snapshot
+from resumable_scheduler.snapshot import decode_envelope
 
 PYTREE = "pytree"
 MODEL_CONFIG = "model_config"
@@ -115,16 +116,7 @@ def check_doc(doc: Any, where: str) -> dict[str, Any]:
         doc = decode_envelope(json.dumps(doc, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ValueError(f"Unreadable resumable state in {where!r}: {e}") from None
-    for key in ("position", "rng"):
-        if not isinstance(doc.get(key), dict):
-            raise ValueError(f"Unreadable resumable state in {where!r}: no valid `{key}` entry.")
-    for key in ("epoch", "batch", "step"):
-        v = doc["position"].get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(
-                f"Invalid value for field `position.{key}` in {where!r}. "
-                f"Received: {key}={v!r}. Expected an integer >= 0."
-            )
+    snapshot.require(doc, where, "Unreadable resumable state in")
     return doc
 
 
