@@ -249,7 +249,27 @@ def test_process_0_writes_every_part_and_another_count_is_refused(tmp_path, monk
     _fit(backup_dir, epochs=2, delete_checkpoint=False)
     state = rs.read_state(os.fspath(backup_dir))
     assert (state["epoch"], state["batch"]) == (2, 0)
+    names = sorted(os.listdir(backup_dir))
+    ckpt = [n for n in names if n.startswith("ckpt-")]
+    assert len(ckpt) == 1
+    monkeypatch.undo()
+    # Process 1 resumes the checkpoint process 0 names, with its own part,
+    # and leaves the directory as it was.
+    _FakeProcesses(monkeypatch, index=1, decision=f"ckpt {ckpt[0]}")
+    model = _fit(backup_dir, epochs=3)
+    assert int(model.optimizer.iterations) == 15
+    assert sorted(os.listdir(backup_dir)) == names
     monkeypatch.undo()
     # The checkpoint says two processes wrote it: one process cannot resume it.
     with pytest.raises(ValueError, match=r"written by a run of 2 processes and this run has 1"):
         _fit(backup_dir, epochs=3)
+
+
+def test_process_0_failing_to_start_fails_the_others(tmp_path, monkeypatch):
+    _FakeProcesses(monkeypatch, index=1, decision="error RuntimeError: Another process is training")
+    with pytest.raises(RuntimeError, match=r"Process 0 of 2 cannot start .*Another process is training"):
+        _fit(tmp_path / "backup")
+    monkeypatch.undo()
+    _FakeProcesses(monkeypatch, index=1, decision="ckpt ckpt-00000003-0badc0de.weights.h5")
+    with pytest.raises(ValueError, match=r"Process 1 of 2 cannot read the checkpoint that process 0 resumes from"):
+        _fit(tmp_path / "backup")

@@ -204,13 +204,11 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # (ours or another callback's): it is committed before we read.
         self._collect_pending(background.wait_for(self._owner_key()))
         self._processes, self._process = processes.count(), processes.index()
-        if self._process == 0:
-            # The lock (lease) is the run's: process 0 holds it for all.
-            self._open_dir()
         tracker_for(model).steps = self.params.get("steps") if self.params else None
         if self._processes > 1:
             kind = self._agreed_start()
         else:
+            self._open_dir()
             ckpt = self._newest_usable()
             kind = ckpt if ckpt is not None else "stock" if self._store.exists(layout.STOCK_WEIGHTS) else None
         if isinstance(kind, layout.Checkpoint):
@@ -240,7 +238,18 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
     def on_train_end(self, logs: dict | None = None) -> None:
         try:
             self._end_position()
-            self._raise_write_error()  # waits for the background write
+            if self._processes == 1:
+                self._raise_write_error()  # waits for the background write
+            else:
+                # Process 0's last write failing fails every process's fit.
+                error: BaseException | None = None
+                try:
+                    self._raise_write_error()
+                except Exception as e:  # noqa: BLE001 - raised on every process
+                    error = e
+                error = processes.agree(error, f"writing the last checkpoint to backup_dir={self.backup_dir!r}")
+                if error is not None:
+                    raise error
         finally:
             self._join_writer()
             self._host_arrays = None
@@ -361,9 +370,11 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         ckpt: layout.Checkpoint | None = None
         if self._process == 0:
             try:
+                # The lock (the lease) is the run's: process 0 holds it for all.
+                self._open_dir()
                 ckpt = self._newest_usable()
-            except ValueError as e:
-                error, decision = e, f"error {e}"
+            except (OSError, RuntimeError, ValueError) as e:
+                error, decision = e, f"error {type(e).__name__}: {e}"
             else:
                 if ckpt is not None:
                     decision = "ckpt " + ckpt.path.rstrip("/").rsplit("/", 1)[-1]
@@ -376,7 +387,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         if kind == "error":
             if error is not None:
                 raise error
-            raise ValueError(f"Process 0 of {self._processes} cannot resume: {rest}")
+            raise RuntimeError(f"Process 0 of {self._processes} cannot start with backup_dir={self.backup_dir!r}: {rest}")
         if kind == "stock":
             return "stock"
         if kind != "ckpt":
