@@ -28,8 +28,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from resumable_scheduler import rng
-from resumable_scheduler.protocol import short_name
+from resumable_scheduler import rng, snapshot
+from resumable_scheduler.snapshot import short_name
 
 
 def count() -> int:
@@ -111,8 +111,10 @@ def agreed_max(value: int) -> int:
 #: mid-epoch): they differ from process to process.
 HOST_RNG_PREFIXES = ("rng_", "now_rng_")
 #: Envelope keys: how many processes wrote a checkpoint, and each one's part.
-COUNT_KEY = "processes"
-PARTS_KEY = "per_process"
+COUNT_KEY = snapshot.PROCESSES
+PARTS_KEY = snapshot.PER_PROCESS
+#: The envelope items each process has its own of.
+OWN_ITEMS = (snapshot.RNG_NOW, snapshot.INPUT)
 
 
 def encode_part(doc: dict[str, Any], arrays: dict[str, np.ndarray], error: str = "") -> bytes:
@@ -121,14 +123,14 @@ def encode_part(doc: dict[str, Any], arrays: dict[str, np.ndarray], error: str =
     and the input record its position counts), as JSON bytes; `error` tells
     the others that this process cannot go on (a failed write)."""
     part: dict[str, Any] = {
-        "rng": doc["rng"],
+        snapshot.RNG: doc[snapshot.RNG],
         "arrays": {
             k: {"dtype": str(np.asarray(v).dtype), "data": np.asarray(v).tolist()}
             for k, v in sorted(arrays.items())
             if k.startswith(HOST_RNG_PREFIXES)
         },
     }
-    for key in ("rng_now", "input"):
+    for key in OWN_ITEMS:
         if key in doc:
             part[key] = doc[key]
     if error:
@@ -182,12 +184,14 @@ def part_for(
         }
     except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"Invalid value for field `{field}` in {where!r}: {short_name(e, 300)}.") from None
-    rng.check_host_rng(part.get("rng"), own, where=where, array_field=f"{field}.arrays.")
-    if doc["position"]["batch"] or "rng_now" in part:
-        rng.check_host_rng(part.get("rng_now"), own, prefix="now_", where=where, array_field=f"{field}.arrays.")
-    out_doc = {k: v for k, v in doc.items() if k not in ("rng_now", "input")}
-    out_doc["rng"] = part["rng"]
-    for key in ("rng_now", "input"):
+    rng.check_host_rng(part.get(snapshot.RNG), own, where=where, array_field=f"{field}.arrays.")
+    if doc[snapshot.POSITION]["batch"] or snapshot.RNG_NOW in part:
+        rng.check_host_rng(
+            part.get(snapshot.RNG_NOW), own, prefix=snapshot.NOW_PREFIX, where=where, array_field=f"{field}.arrays."
+        )
+    out_doc = {k: v for k, v in doc.items() if k not in OWN_ITEMS}
+    out_doc[snapshot.RNG] = part[snapshot.RNG]
+    for key in OWN_ITEMS:
         if key in part:
             out_doc[key] = part[key]
     out_arrays = {k: v for k, v in arrays.items() if not k.startswith(HOST_RNG_PREFIXES)}

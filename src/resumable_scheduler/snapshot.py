@@ -62,15 +62,19 @@ RUN = "run"
 REPLAY = "replay"
 #: Every resumable callback's JSON state, by `state_key`.
 CALLBACKS = "callbacks"
-#: Multi-process runs: each process's host RNGs.
+#: Multi-process Orbax steps: each process's host RNGs.
 RNG_BY_PROCESS = "rng_by_process"
+#: Multi-process backups: how many processes wrote it, and each one's own
+#: part (host RNGs, input record; see `processes.encode_part`).
+PROCESSES = "processes"
+PER_PROCESS = "per_process"
 #: Orbax steps: the variable paths saved, by group.
 VARIABLES = "variables"
 #: The state key of `rs.LearningRateScheduler` (its `epoch` is the fallback
 #: resume epoch of a file without a position).
 SCHEDULER_KEY = "LearningRateScheduler"
 #: The items a snapshot holds beside the callbacks, in envelope order.
-ITEMS = (POSITION, RNG, RNG_NOW, INPUT, RUN, REPLAY, RNG_BY_PROCESS, VARIABLES)
+ITEMS = (POSITION, RNG, RNG_NOW, INPUT, RUN, REPLAY, RNG_BY_PROCESS, PROCESSES, PER_PROCESS, VARIABLES)
 
 #: Array names: the training state's arrays, and a callback's.
 TRAINING_PREFIX = "training::"

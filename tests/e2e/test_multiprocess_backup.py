@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from resumable_scheduler.storage import processes
+from resumable_scheduler import processes
 from tests.e2e.test_multiprocess import finish, launch, read_until, result
 
 pytestmark = pytest.mark.slow
@@ -203,7 +203,7 @@ def test_sigterm_to_one_process_saves_one_checkpoint_and_stops_both(tmp_path, re
 
 
 class _FakeProcesses:
-    """`storage.processes` as seen by process `index` of 2, the other
+    """`resumable_scheduler.processes` as seen by process `index` of 2, the other
     process's contributions being copies of this one's."""
 
     def __init__(self, monkeypatch, index: int, decision: str = "fresh") -> None:

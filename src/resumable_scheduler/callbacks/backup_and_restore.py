@@ -21,7 +21,7 @@ from resumable_scheduler.callbacks._resume import (
 )
 from resumable_scheduler.storage import background
 from resumable_scheduler.storage import backup_dir as layout
-from resumable_scheduler.storage import processes
+from resumable_scheduler import processes
 from resumable_scheduler.storage.store import store_for
 from resumable_scheduler.tracker import tracker_for
 
@@ -204,7 +204,6 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         # (ours or another callback's): it is committed before we read.
         self._collect_pending(background.wait_for(self._owner_key()))
         self._processes, self._process = processes.count(), processes.index()
-        tracker_for(model).steps = self.params.get("steps") if self.params else None
         if self._processes > 1:
             kind = self._agreed_start()
         else:

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler import snapshot, training_state
+from resumable_scheduler import processes, snapshot, training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
     ResumeMixin,
@@ -218,18 +218,18 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
     def is_multihost_enabled(self) -> bool:
         """True when several JAX processes train together."""
-        return _process_count() > 1
+        return processes.count() > 1
 
     def is_primary_host(self) -> bool:
         """True on the process that writes shared files (process 0)."""
-        return _process_index() == 0
+        return processes.index() == 0
 
     def _poll_signal(self) -> int | None:
-        if _process_count() == 1:
+        if processes.count() == 1:
             return self._signal
         # Every process asks at the end of every batch: any signal anywhere
         # stops all of them at the same batch, with one shared checkpoint.
-        agreed = int(np.max(_allgather(np.array([self._signal or 0], np.int32))))
+        agreed = processes.agreed_max(self._signal or 0)
         return agreed or None
 
     # -- fit lifecycle ----------------------------------------------------------
@@ -387,7 +387,7 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
         doc.update(getattr(self, "_epoch_end_extra", None) or {})
         doc.update(self._epoch_end_extra)
         doc[snapshot.VARIABLES] = {g: [v.path for v in _group(model, g)] for g in GROUPS}
-        if _process_count() > 1:
+        if processes.count() > 1:
             doc[snapshot.RNG_BY_PROCESS] = _gather_host_rng(doc, arrays)
         envelope = json.loads(encode_envelope(doc[snapshot.CALLBACKS], {k: v for k, v in doc.items() if k != snapshot.CALLBACKS}))
         tree = _state_tree(model)
@@ -421,29 +421,6 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _process_count() -> int:
-    if keras.backend.backend() != "jax":
-        return 1
-    import jax
-
-    return jax.process_count()
-
-
-def _process_index() -> int:
-    if keras.backend.backend() != "jax":
-        return 0
-    import jax
-
-    return jax.process_index()
-
-
-def _allgather(x: np.ndarray) -> np.ndarray:
-    """`x` from every process, stacked along a new first axis."""
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x))
 
 
 def _group(model: Any, group: str) -> list[Any]:
@@ -518,12 +495,7 @@ def _gather_host_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> list
             if k.startswith(_HOST_RNG_PREFIXES)
         },
     }
-    data = np.frombuffer(json.dumps(mine).encode("utf-8"), dtype=np.uint8)
-    sizes = _allgather(np.array([data.size], np.int32)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[: data.size] = data
-    rows = _allgather(padded)
-    return [json.loads(bytes(rows[i, : sizes[i]]).decode("utf-8")) for i in range(len(sizes))]
+    return [json.loads(part) for part in processes.allgather_bytes(json.dumps(mine).encode("utf-8"))]
 
 
 def _this_process_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -531,7 +503,7 @@ def _this_process_rng(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> tup
     per = doc.get(snapshot.RNG_BY_PROCESS)
     if not per:
         return doc, arrays
-    count, index = _process_count(), _process_index()
+    count, index = processes.count(), processes.index()
     if len(per) != count:
         warnings.warn(
             f"The checkpoint was written by {len(per)} processes and {count} are "

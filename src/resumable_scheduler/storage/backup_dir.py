@@ -36,11 +36,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from resumable_scheduler import rng
-from resumable_scheduler.protocol import decode_envelope, short_name
+from resumable_scheduler import rng, snapshot
+from resumable_scheduler.snapshot import TRAINING_PREFIX, decode_envelope, short_name
 from resumable_scheduler.storage import check_states, h5
 from resumable_scheduler.storage.store import Store, is_url, store_for
-from resumable_scheduler.tracker import TRAINING_PREFIX
 
 STOCK_WEIGHTS = "latest.weights.h5"
 SUFFIX = ".weights.h5"
@@ -166,13 +165,13 @@ def read_checkpoint_data(where: str, data: bytes) -> Checkpoint:
         except Exception as e:  # noqa: BLE001 - h5py raises many types on damaged files
             raise ValueError(f"Unreadable checkpoint file {where!r}: {type(e).__name__}: {short_name(e, 300)}") from None
         arrays = {k[len(TRAINING_PREFIX):]: h5.read_array(group, k, where, size) for k in names}
-    for key in ("position", "rng"):
-        if not isinstance(doc.get(key), dict):
-            raise ValueError(f"Unreadable checkpoint file {where!r}: no valid `{key}` entry.")
+    position = snapshot.require(doc, where)
     check_states(doc, where)
-    rng.check_host_rng(doc["rng"], arrays, where=where, array_field=TRAINING_PREFIX)
-    if doc["position"]["batch"] or "rng_now" in doc:
-        rng.check_host_rng(doc.get("rng_now"), arrays, prefix="now_", where=where, array_field=TRAINING_PREFIX)
+    rng.check_host_rng(doc[snapshot.RNG], arrays, where=where, array_field=TRAINING_PREFIX)
+    if position.batch or snapshot.RNG_NOW in doc:
+        rng.check_host_rng(
+            doc.get(snapshot.RNG_NOW), arrays, prefix=snapshot.NOW_PREFIX, where=where, array_field=TRAINING_PREFIX
+        )
     rng.check_seed_generator_arrays(arrays, where=where, array_field=TRAINING_PREFIX)
     return Checkpoint(path=where, doc=doc, arrays=arrays, data=data)
 
