@@ -58,7 +58,10 @@ class OrbaxCheckpoint(ResumeMixin, keras.callbacks.OrbaxCheckpoint):
     on one JAX process a save blocks training only for a copy of the state
     (on its devices), and the whole Orbax save runs on a writer thread
     (`storage.orbax_store`); the end of `fit` waits for the writes
-    (`wait_until_finished`). The model config and assets that
+    (`wait_until_finished`). Memory: at most one extra copy of the state in
+    flight, on the devices when they have room for two more copies, else in
+    host memory; the next save waits for the previous write if it is still
+    running. The model config and assets that
     `keras.models.load_model` reads are serialized once per `fit`.
     `keras.models.load_model(directory)` reads the newest step, as it reads a
     stock one. With `save_weights_only=True` no model config is written (as
