@@ -21,7 +21,9 @@ output):
 run until the plan is used up, and returns a `RunRecord`. A run that exits
 nonzero when no kill was sent raises `ChildFailed`; running past a timeout
 kills the child and raises `ChildTimeout`. `Child` is one run of the child,
-for tests that need to act while it is alive.
+for tests that need to act while it is alive (wait for a position, a line or
+a condition, then signal it); `ChildGroup` is the processes of one
+multi-process run, started together and stopped together.
 
 Example: a child that waits for a line on stdin after each batch (so the
 kill lands exactly there), killed once after its second batch:
@@ -52,9 +54,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 #: Seconds a killed child gets to exit before it is SIGKILLed (a SIGTERMed
 #: child writes its checkpoint first).
@@ -313,6 +317,12 @@ class Child:
         stderr_path: str, optional. Where the child's stderr goes (default:
             a temporary file, deleted when the run is closed).
         run: int. The run's number, for messages.
+
+    Attributes:
+        progress: the last position the child reported (None before any).
+        reported: every position it reported, in order (`lines` of them).
+        output: its stdout lines that are not protocol, read so far.
+        result: its last `result` JSON, or None.
     """
 
     def __init__(
@@ -328,6 +338,7 @@ class Child:
         self.command = [os.fspath(c) for c in command]
         self.run = run
         self.progress: Progress | None = None
+        self.reported: list[Progress] = []
         self.lines = 0
         self.output: list[str] = []
         self.result: Any = None
@@ -379,6 +390,7 @@ class Child:
         progress = parse_progress(text)
         if progress is not None:
             self.progress = progress
+            self.reported.append(progress)
             self.lines += 1
         elif text.strip() == "start":
             self.started_at = time.monotonic()
@@ -406,20 +418,71 @@ class Child:
         Raises `ChildTimeout` (after SIGKILLing the child) past `timeout`
         seconds, `ChildFailed` if the child's output ends first.
         """
+        def wanted(line: str) -> bool:
+            return parse_progress(line) is not None and predicate(self.progress)  # type: ignore[arg-type]
+
+        self.read_until(wanted, timeout, "position")
+        assert self.progress is not None
+        return self.progress
+
+    def wait_for_line(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        """Reads until a stdout line (without its newline) satisfies
+        `predicate`; returns it. Raises as `wait_for` does.
+
+        >>> import sys
+        >>> with Child([sys.executable, "-c", "print('put a'); print('done a')"]) as c:
+        ...     c.wait_for_line(lambda line: line.startswith("done"), timeout=60)
+        ...     c.output
+        'done a'
+        ['put a', 'done a']
+        """
+        return self.read_until(lambda line: predicate(line.rstrip("\n")), timeout, "line").rstrip("\n")
+
+    def read_until(self, wanted: Callable[[str], bool], timeout: float, what: str) -> str:
+        """Reads (and records) stdout lines until one is `wanted`; returns it."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 line = self.next_line(deadline - time.monotonic())
             except queue.Empty:
                 self.stop(signal.SIGKILL, 0)
-                raise ChildTimeout(self.describe(f"reported no wanted position within {timeout} s"),
+                raise ChildTimeout(self.describe(f"printed no wanted {what} within {timeout} s"),
                                    self.run, self.stderr_tail()) from None
             if line is None:
                 code = self.wait(timeout=max(deadline - time.monotonic(), 1.0))
-                raise ChildFailed(self.describe(f"ended (exit status {code}) before the wanted position"),
+                raise ChildFailed(self.describe(f"ended (exit status {code}) before the wanted {what}")
+                                  + f" Its stderr ends with:\n{self.stderr_tail()}",
                                   self.run, code, self.stderr_tail())
-            if self.progress is not None and parse_progress(line) is not None and predicate(self.progress):
-                return self.progress
+            if wanted(line):
+                return line
+
+    def wait_until(self, condition: Callable[[], T], timeout: float, interval: float = 0.001) -> T | None:
+        """Calls `condition` every `interval` seconds while the child runs
+        (a file appearing, say) and returns its first truthy value; None if
+        the child exited first (`condition` is asked once more after the
+        exit). The child's output is still read meanwhile.
+
+        Raises `ChildTimeout` (after SIGKILLing the child) past `timeout`.
+
+        >>> import os, sys, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "made")
+        >>> with Child([sys.executable, "-c", f"import time; time.sleep(0.2); open({path!r}, 'w')"]) as c:
+        ...     c.wait_until(lambda: os.path.exists(path), timeout=60)
+        True
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self.proc.poll() is None
+            value = condition()
+            if value:
+                return value
+            if not alive:
+                return None
+            if time.monotonic() >= deadline:
+                self.stop(signal.SIGKILL, 0)
+                raise ChildTimeout(self.describe(f"did not bring about the wanted condition within {timeout} s"),
+                                   self.run, self.stderr_tail())
+            time.sleep(interval)
 
     def answer(self, text: str) -> None:
         """Writes `text` and a newline to the child's stdin (ignored if it is gone)."""
@@ -434,6 +497,26 @@ class Child:
     def wait(self, timeout: float | None = None) -> int:
         """Waits for the exit (`subprocess.TimeoutExpired` past `timeout`)."""
         return self.proc.wait(timeout=timeout)
+
+    def finish(self, timeout: float) -> int:
+        """Waits for the exit and reads all the output; returns the exit
+        status. Past `timeout` seconds the child is SIGKILLed and
+        `ChildTimeout` raised. (After `stop`, it just reads what is left.)"""
+        try:
+            code = self.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL, 0)
+            raise ChildTimeout(self.describe(f"did not exit within {timeout} s; SIGKILLed")
+                               + f"\n{self.stderr_tail()}", self.run, self.stderr_tail()) from None
+        drain(self)
+        return code
+
+    def send_signal(self, sig: int) -> bool:
+        """Sends `sig` without waiting; False if the child had already exited."""
+        if self.proc.poll() is not None:
+            return False
+        self.proc.send_signal(sig)
+        return True
 
     def stop(self, sig: int = signal.SIGKILL, grace: float = DEFAULT_GRACE_S) -> tuple[int, float, bool]:
         """Sends `sig` (if the child is alive) and waits for the exit; a child
@@ -484,6 +567,140 @@ class Child:
         self.stderr_file.close()
 
     def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the processes of one run ---------------------------------------------------------
+
+
+class ChildGroup:
+    """Children started together and stopped together: the processes of one
+    multi-process run (one of them dying makes the others fail or hang, so a
+    kill is for all of them). Each is a `Child`; index the group for one.
+
+    Use it as a context manager: on exit every child still alive is SIGKILLed.
+
+    >>> import sys
+    >>> script = "import sys; print('start'); print('batch 0', sys.argv[1]); print('done')"
+    >>> with ChildGroup([[sys.executable, "-c", script, str(i)] for i in range(2)]) as group:
+    ...     group.finish(timeout=60)
+    ...     [c.progress for c in group], group[1].output
+    [0, 0]
+    ([Progress(epoch=0, batch=0), Progress(epoch=0, batch=1)], ['done'])
+
+    Args:
+        commands: one command line per child.
+        env, cwd: for every child.
+        stderr_paths: optional, one path per child for its stderr (default:
+            temporary files).
+        run: int. The run's number, for messages.
+    """
+
+    def __init__(
+        self,
+        commands: Sequence[Sequence[str]],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stderr_paths: Sequence[str] | None = None,
+        run: int = 1,
+    ) -> None:
+        if stderr_paths is not None and len(stderr_paths) != len(commands):
+            raise ValueError(f"One stderr path per command. Received: {len(stderr_paths)} for "
+                             f"{len(commands)} commands.")
+        self.run = run
+        self.children: list[Child] = []
+        try:
+            for i, command in enumerate(commands):
+                self.children.append(Child(command, env=env, cwd=cwd, run=run,
+                                           stderr_path=stderr_paths[i] if stderr_paths else None))
+        except BaseException:
+            self.close()
+            raise
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    def __getitem__(self, i: int) -> Child:
+        return self.children[i]
+
+    def __iter__(self) -> Iterator[Child]:
+        return iter(self.children)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+    def watch(self, kill: Kill, *, batches_per_epoch: int | None = None, timeout: float = 600.0,
+              leader: int = 0) -> bool:
+        """Reads child `leader`'s output until `kill` is due (then waits its
+        `delay` and returns True: send the signal with `stop`), or until
+        that output ends (False). Past `timeout` seconds every child is
+        SIGKILLed and `ChildTimeout` raised."""
+        if kill.at_batch is not None and not batches_per_epoch:
+            raise ValueError("Kill(at_batch=...) needs batches_per_epoch.")
+        try:
+            fired = watch(self.children[leader], kill, batches_per_epoch, None, time.monotonic() + timeout,
+                          "every process of the group", timeout, None)
+        except ChildTimeout:
+            self.close()
+            raise
+        if fired and kill.delay:
+            time.sleep(kill.delay)
+        return fired
+
+    def stop(self, sig: int = signal.SIGKILL, grace: float = DEFAULT_GRACE_S, *,
+             only: int | None = None) -> list[int]:
+        """Sends `sig` to every child alive, or only to child `only` (the
+        others are to stop with it, as the processes of one run do), then
+        waits for all to exit and reads what is left of their output. Those
+        alive `grace` seconds after the signal are SIGKILLed (a SIGKILL
+        does not wait). Returns the exit statuses, in order."""
+        for i, child in enumerate(self.children):
+            if only is None or i == only:
+                child.send_signal(sig)
+        deadline = time.monotonic() + (0.0 if sig == signal.SIGKILL and only is None else grace)
+        codes = []
+        for child in self.children:
+            try:
+                code = child.wait(timeout=None if sig == signal.SIGKILL and only is None
+                                  else max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                code, _, _ = child.stop(signal.SIGKILL, 0)
+            drain(child)
+            codes.append(code)
+        return codes
+
+    def finish(self, timeout: float) -> list[int]:
+        """Waits for every child to exit and reads all their output; returns
+        the exit statuses. Past `timeout` seconds every child is SIGKILLed
+        and `ChildTimeout` raised."""
+        deadline = time.monotonic() + timeout
+        codes = []
+        for child in self.children:
+            try:
+                codes.append(child.finish(max(deadline - time.monotonic(), 0.1)))
+            except ChildTimeout:
+                self.close()
+                raise
+        return codes
+
+    def stderr_tails(self, chars: int = STDERR_TAIL) -> str:
+        """The end of each child's stderr, each under a header (for messages)."""
+        return "\n".join(f"--- process {i} (run {self.run}) stderr ---\n{c.stderr_tail(chars)}"
+                         for i, c in enumerate(self.children))
+
+    def close(self) -> None:
+        """SIGKILLs every child alive; closes their pipes and files."""
+        for child in self.children:
+            child.send_signal(signal.SIGKILL)
+        for child in self.children:
+            child.close()
+
+    def __enter__(self) -> ChildGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,39 +24,21 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from resumable_scheduler import processes
-from tests.e2e.test_multiprocess import finish, launch, read_until, result
+from resumable_scheduler import harness, processes
+from tests.support.multiprocess import (
+    BATCHES, FULL, PER_EPOCH, SEED, TIMEOUT, assert_same, batch_index, launch, result, run_to_end, saved_position,
+)
 
 pytestmark = pytest.mark.slow
 
-FULL = os.environ.get("RS_FULL") == "1"
-SEED = int(os.environ.get("RS_MP_SEED", random.randrange(1 << 30)))
-BATCHES = 60  # 15 epochs of 4 batches (see COMMON in test_multiprocess)
 ARGS = ("--backup", "--save-freq", "1", "--seed-per-process")
-
-
-def batch_index(line: str) -> int:
-    """`batch E B` (4 batches an epoch) -> the batch's index in the run."""
-    e, b = map(int, line.split()[1:])
-    return 4 * e + b
-
-
-def assert_same(got, ref):
-    for g, r in zip(got, ref):
-        assert g["lr"] == r["lr"]
-        assert g["iterations"] == r["iterations"] == BATCHES
-        assert len(g["weights"]) == len(r["weights"])
-        for a, b in zip(g["weights"], r["weights"]):
-            assert np.isfinite(a).all()
-            assert np.array_equal(a, b)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Both processes' result of a two-process run never killed."""
     base = tmp_path_factory.mktemp("mp_backup_ref")
-    codes, _ = finish(launch(base / "unused", base / "out", "--no-ckpt", "--seed-per-process"))
-    assert codes == [0, 0]
+    run_to_end(base / "unused", base / "out", "--no-ckpt", "--seed-per-process")
     ref = result(base / "out")
     assert ref[0]["lr"] == pytest.approx(0.01 * np.exp(-0.5), rel=1e-6)
     # The two processes shuffled differently and still hold one model.
@@ -117,15 +99,15 @@ def bucket_names(url: str) -> list[str]:
     return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
 
 
-def assert_one_writer(backup_dir: str, procs) -> None:
+def assert_one_writer(backup_dir: str, pids: list[int]) -> None:
     """Process 0 holds the run's lock (lease); process 1 holds none, and
     the location holds only committed checkpoints and that lock."""
     if backup_dir.startswith("s3://"):
-        assert lease_holder(backup_dir)["pid"] == procs[0].pid
+        assert lease_holder(backup_dir)["pid"] == pids[0]
         names = bucket_names(backup_dir)
         assert ".lease" in names
     else:
-        assert lock_holders(backup_dir) == {procs[0].pid}
+        assert lock_holders(backup_dir) == {pids[0]}
         names = sorted(os.listdir(backup_dir))
         assert ".lock" in names
     ckpts = [n for n in names if not n.startswith(".")]
@@ -133,44 +115,36 @@ def assert_one_writer(backup_dir: str, procs) -> None:
 
 
 def test_both_processes_sigkilled_resume_exactly(tmp_path, backup_dir, reference):
-    rng = random.Random(SEED)
     out = tmp_path / "out"
-    kills = 5 if FULL else 2
+    # Kill after a random number of batches of each life (5 lives x at most
+    # 10 batches never reach the end of the 60).
+    plan = harness.random_kills(5 if FULL else 2, random.Random(SEED), after_lines=(2, 10))
     floor = 0  # every life resumes at or past this batch
-    for k in range(kills):
-        procs = launch(backup_dir, out, *ARGS, logs=tmp_path)
-        read_until(procs[0], "start")
-        first = procs[0].stdout.readline().strip()
-        assert first.startswith("batch"), f"seed {SEED}, life {k}: {first!r}"
-        start = batch_index(first)
-        assert start >= floor, f"seed {SEED}, life {k}: restarted at {first!r}, expected batch >= {floor}"
-        # Kill after a random number of batches of this life (5 lives x at
-        # most 10 batches never reach the end of the 60).
-        n = rng.randint(2, 10)
-        for _ in range(n - 1):
-            line = procs[0].stdout.readline()
-            assert line.startswith("batch"), f"seed {SEED}, life {k}: {line!r}"
-        if k == 0:
-            assert_one_writer(backup_dir, procs)
-        for p in procs:
-            p.send_signal(signal.SIGKILL)
-        for p in procs:
-            p.wait(timeout=30)
-            assert p.returncode == -signal.SIGKILL, f"seed {SEED}, life {k}"
-        # Batch `last` was printed after its save point, which waits for the
-        # write of the one before: "batch `last` is next" is committed. The
-        # last batch of an epoch saves at the epoch's end, after the print.
-        last = start + n - 1
-        floor = last - 1 if last % 4 == 3 else last
-    procs = launch(backup_dir, out, *ARGS, logs=tmp_path)
-    codes, outs = finish(procs)
-    assert codes == [0, 0], f"seed {SEED}"
-    batches = [[line for line in o if line.startswith("batch")] for o in outs]
+    for k, kill in enumerate(plan):
+        with launch(backup_dir, out, *ARGS, logs=tmp_path, run=k + 1) as group:
+            assert group.watch(kill, timeout=TIMEOUT), f"seed {SEED}, life {k}: the run ended first"
+            first = group[0].reported[0]
+            start = batch_index(first)
+            assert start >= floor, f"seed {SEED}, life {k}: restarted at {first}, expected batch >= {floor}"
+            if k == 0:
+                assert_one_writer(backup_dir, group.pids)
+            assert group.stop(kill.signal) == [-signal.SIGKILL] * 2, f"seed {SEED}, life {k}"
+        # `last`: the last batch process 0 printed before it died (at or past
+        # the kill's trigger, `start + after_lines - 1`; the run goes on
+        # while the test looks at the lock). It was printed after its save
+        # point, which waits for the write of the one before: "batch `last`
+        # is next" is committed. The last batch of an epoch saves at the
+        # epoch's end, after the print.
+        last = batch_index(group[0].progress)
+        assert last >= start + kill.after_lines - 1
+        floor = last - 1 if last % PER_EPOCH == PER_EPOCH - 1 else last
+    children = run_to_end(backup_dir, out, *ARGS, logs=tmp_path, run=len(plan) + 1)
+    first = [c.reported[0] for c in children]
     # Both processes resumed at the same batch, from the checkpoint (not
     # from the start: the test cannot pass by training everything again).
-    assert batches[0][0] == batches[1][0]
-    assert batch_index(batches[0][0]) >= floor > 0, f"seed {SEED}: {batches[0][0]!r}"
-    assert len(batches[0]) == BATCHES - batch_index(batches[0][0])
+    assert first[0] == first[1]
+    assert batch_index(first[0]) >= floor > 0, f"seed {SEED}: {first[0]}"
+    assert children[0].lines == BATCHES - batch_index(first[0])
     assert_same(result(out), reference)
     # The finished run deleted its backup (process 0 did).
     with pytest.raises(FileNotFoundError):
@@ -181,21 +155,20 @@ def test_sigterm_to_one_process_saves_one_checkpoint_and_stops_both(tmp_path, re
     rng = random.Random(SEED + 1)
     backup_dir, out = os.fspath(tmp_path / "backup"), tmp_path / "out"
     args = ("--backup", "--save-freq", "epoch", "--seed-per-process")
-    procs = launch(backup_dir, out, *args, "--sleep", "0.05", logs=tmp_path)
     at = rng.randrange(5, BATCHES - 10)
-    read_until(procs[0], f"batch {at // 4} {at % 4}")
-    procs[1].send_signal(signal.SIGTERM)
-    codes, outs = finish(procs, timeout=60)
-    assert codes == [rs.PREEMPTED_EXIT_CODE] * 2, f"seed {SEED}"
-    # Both stopped after the same batch, and that is the saved position.
-    last = [[line for line in o if line.startswith("batch")][-1] for o in outs]
+    # SIGTERM to process 1 once process 0 reports batch `at`.
+    sigterm = harness.Kill(at_batch=at + 1, signal=signal.SIGTERM, grace=60)
+    with launch(backup_dir, out, *args, "--sleep", "0.05", logs=tmp_path) as group:
+        assert group.watch(sigterm, batches_per_epoch=PER_EPOCH, timeout=TIMEOUT), f"seed {SEED}"
+        codes = group.stop(sigterm.signal, sigterm.grace, only=1)
+        assert codes == [rs.PREEMPTED_EXIT_CODE] * 2, f"seed {SEED}: {codes}\n{group.stderr_tails()}"
+        # Both stopped after the same batch, and that is the saved position.
+        last = [c.progress for c in group]
     assert last[0] == last[1]
     state = rs.read_state(backup_dir)
-    e, b = map(int, last[0].split()[1:])
-    assert (state["epoch"], state["batch"]) == ((e, b + 1) if b < 3 else (e + 1, 0))
-    assert state["step"] == 4 * e + b + 1
-    codes, _ = finish(launch(backup_dir, out, *args, logs=tmp_path))
-    assert codes == [0, 0]
+    assert (state["epoch"], state["batch"]) == saved_position(last[0])
+    assert state["step"] == batch_index(last[0]) + 1
+    run_to_end(backup_dir, out, *args, logs=tmp_path, run=2)
     assert_same(result(out), reference)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 import resumable_scheduler as rs
+from resumable_scheduler import harness
 from resumable_scheduler.storage import background
 from resumable_scheduler.storage import backup_dir as layout
 from resumable_scheduler.storage.local import LocalStore
@@ -399,19 +401,12 @@ def test_sigterm_commits_the_preemption_checkpoint_before_exiting(tmp_path):
         cb._store = Slow({d!r})
         fit(make_model(), [cb, Say()])
     """)
-    import signal
-
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    lines = []
-    for line in child.stdout:
-        lines.append(line.split())
-        if lines[-1] == ["batch", "1", "2"]:
-            child.send_signal(signal.SIGTERM)
-            break
-    lines += [line.split() for line in child.stdout]
-    assert child.wait(timeout=120) == rs.PREEMPTED_EXIT_CODE
-    epoch, batch = map(int, lines[-1][1:])
+    with harness.Child([sys.executable, "-c", script], env={**os.environ, "JAX_PLATFORMS": "cpu"}) as child:
+        child.wait_for(lambda p: (p.epoch, p.batch) == (1, 2), timeout=300)
+        code, _, escalated = child.stop(signal.SIGTERM, grace=120)
+        harness.drain(child)
+        assert code == rs.PREEMPTED_EXIT_CODE and not escalated, child.stderr_tail()
+    epoch, batch = child.progress.epoch, child.progress.batch  # the last batch trained
     want = (epoch, batch + 1) if batch < 4 else (epoch + 1, 0)  # 5 batches an epoch
     ckpt, errors = layout.newest_usable(LocalStore(d))
     assert not errors

@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
 import resumable_scheduler as rs
-from resumable_scheduler import cli
+from resumable_scheduler import cli, harness
 from resumable_scheduler.storage import orbax_dir
 from tests.support.resume_helpers import (
     FINAL_LR, X, Y, BatchLog, InterruptAt, assert_same, documented_schedule, fit, make_model,
@@ -139,12 +138,16 @@ def test_synchronous_saves_resume_exactly(tmp_path, reference):
 # -- kill during an async save ----------------------------------------------
 
 
-def _child(d, out, *extra):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen(
-        [sys.executable, CHILD, os.fspath(d), os.fspath(out), "--big", "--samples", "8", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
+def _env():
+    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _command(d, out, *extra):
+    return [sys.executable, CHILD, os.fspath(d), os.fspath(out), "--big", "--samples", "8", *extra]
+
+
+def _run_to_end(d, out, *extra):
+    harness.run_until_done(_command(d, out, *extra), env=_env(), timeout=240, name="The Orbax child")
 
 
 def _child_result(out):
@@ -159,23 +162,24 @@ def _temporaries(d):
     return [n for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n] if os.path.isdir(d) else []
 
 
+def _new_temporaries(d):
+    """Temporaries of a step past the newest complete one: a save in flight."""
+    newest = max(orbax_dir.complete_steps(d), default=-1)
+    return [n for n in _temporaries(d) if int(n.split(".")[0]) > newest]
+
+
 def test_sigkill_during_async_save_resumes_from_previous_complete_step(tmp_path):
     ref_out, out, d = tmp_path / "ref", tmp_path / "out", tmp_path / "ckpt"
-    assert _child(tmp_path / "unused", ref_out, "--no-ckpt").wait(timeout=240) == 0
+    _run_to_end(tmp_path / "unused", ref_out, "--no-ckpt")
     ref = _child_result(ref_out)
 
     # ~17 MB written per epoch: SIGKILL as soon as a step's temporary appears,
     # while Orbax is still writing it in the background.
     hit = None
     for _attempt in range(6):
-        child = _child(d, out, "--save-freq", "epoch")
-        deadline = time.monotonic() + 240
-        tmp = []
-        while child.poll() is None and not tmp and time.monotonic() < deadline:
-            tmp = [n for n in _temporaries(d) if int(n.split(".")[0]) > max(orbax_dir.complete_steps(d), default=-1)]
-            time.sleep(0.0005)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+        with harness.Child(_command(d, out, "--save-freq", "epoch"), env=_env()) as child:
+            tmp = child.wait_until(lambda: _new_temporaries(d), timeout=240, interval=0.0005)
+            child.stop(signal.SIGKILL)
         killed_step = int(tmp[0].split(".")[0]) if tmp else None
         if killed_step is not None and killed_step not in orbax_dir.complete_steps(d):
             hit = killed_step
@@ -187,7 +191,7 @@ def test_sigkill_during_async_save_resumes_from_previous_complete_step(tmp_path)
         state = rs.read_state(os.fspath(d))
         assert state["step"] == complete[-1] and state["batch"] == 0
 
-    assert _child(d, out, "--save-freq", "epoch").wait(timeout=240) == 0
+    _run_to_end(d, out, "--save-freq", "epoch")
     got = _child_result(out)
     assert got["lr"] == ref["lr"] and got["iterations"] == ref["iterations"] == 120
     for a, b in zip(got["weights"], ref["weights"]):

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ import warnings
 import fsspec
 import pytest
 
+from resumable_scheduler import harness
 from resumable_scheduler.storage import bucket as bucket_mod
 from resumable_scheduler.storage.bucket import LEASE_NAME, BucketStore
 from resumable_scheduler.storage.store import Store, store_for
@@ -250,31 +250,22 @@ time.sleep(60)
 """
 
 
-def start_holder(url: str, where: str) -> subprocess.Popen:
-    """A child process (just the bucket module, no Keras) that takes the lease."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, BUCKET_PY, url, where, str(LEASE)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    line = child.stdout.readline()
-    if line.strip() != "holding":
-        child.kill()
-        raise AssertionError(f"child did not take the lease: {line!r} {child.stderr.read()[-2000:]}")
+def start_holder(url: str, where: str) -> harness.Child:
+    """A child process (just the bucket module, no Keras) that has taken the lease."""
+    child = harness.Child([sys.executable, "-c", CHILD, BUCKET_PY, url, where, str(LEASE)])
+    try:
+        child.wait_for_line(lambda line: line == "holding", timeout=60)
+    except BaseException:
+        child.close()
+        raise
     return child
 
 
-def kill(child: subprocess.Popen) -> None:
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
-
-
 def test_killed_holder_elsewhere_expires_within_the_bound(bucket_url):
-    child = start_holder(bucket_url, "elsewhere")
-    try:
+    with start_holder(bucket_url, "elsewhere") as child:
         with pytest.raises(RuntimeError, match=f"pid {child.pid} holds the lease"):
             make(bucket_url).open()
-    finally:
-        kill(child)
+        child.stop(signal.SIGKILL)
     killed = time.monotonic()
     store = make(bucket_url, lease_wait=LEASE + 5)
     with pytest.warns(UserWarning, match=f"from host .* pid {child.pid}: it expired"):
@@ -289,18 +280,15 @@ def test_killed_holder_elsewhere_expires_within_the_bound(bucket_url):
 def test_killed_holder_on_this_machine_taken_over_at_once(bucket_url):
     """Same boot, same PID namespace: a lease whose process is gone (here a
     zombie, killed and not yet reaped) is taken over without waiting."""
-    child = start_holder(bucket_url, "here")
-    child.send_signal(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while bucket_mod._stat(child.pid)[:1] != ["Z"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    try:
+    with start_holder(bucket_url, "here") as child:
+        child.send_signal(signal.SIGKILL)  # and no wait: it stays a zombie
+        deadline = time.monotonic() + 10
+        while bucket_mod._stat(child.pid)[:1] != ["Z"] and time.monotonic() < deadline:
+            time.sleep(0.02)
         store = make(bucket_url, lease_seconds=120)  # no waiting for an expiry
         with pytest.warns(UserWarning, match=f"its process \\(pid {child.pid}\\) on this machine is gone"):
             store.open()
         store.close()
-    finally:
-        child.wait(timeout=10)
 
 
 def test_forked_child_neither_writes_nor_releases(bucket_url):
@@ -366,26 +354,16 @@ def test_sigkill_during_commits_leaves_only_whole_objects(bucket_url):
     rng = random.Random(9)
     committed, inside = [], 0
     for attempt in range(4):
-        child = subprocess.Popen(
-            [sys.executable, "-c", WRITER, BUCKET_PY, bucket_url, str(attempt * 100)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        puts = rng.randint(1, 3)
-        last = ""
-        while puts:
-            line = child.stdout.readline()
-            if not line:
-                raise AssertionError(f"writer exited: {child.stderr.read()[-2000:]}")
-            last = line
-            if line.startswith("committed"):
-                committed.append(line.split()[1])
-            elif line.startswith("put"):
-                puts -= 1
-        time.sleep(rng.uniform(0.0, 0.05))
-        kill(child)
-        rest = child.stdout.read().split("\n")
-        committed += [x.split()[1] for x in rest if x.startswith("committed")]
-        inside += last.startswith("put") and not any(x.startswith("committed") for x in rest)
+        with harness.Child([sys.executable, "-c", WRITER, BUCKET_PY, bucket_url, str(attempt * 100)]) as child:
+            for _ in range(rng.randint(1, 3)):
+                child.wait_for_line(lambda line: line.startswith("put"), timeout=120)
+            read = len(child.output)  # the lines read before the kill (the last one a put)
+            time.sleep(rng.uniform(0.0, 0.05))
+            child.stop(signal.SIGKILL)
+            harness.drain(child)
+        committed += [x.split()[1] for x in child.output if x.startswith("committed")]
+        rest = child.output[read:]
+        inside += not any(x.startswith("committed") for x in rest)
     reader = make(bucket_url)
     names = reader.names()
     assert set(committed) <= set(names)

@@ -234,3 +234,76 @@ def test_importing_the_harness_imports_no_keras():
     code = "import sys, resumable_scheduler.harness; print(sorted(m for m in ('keras', 'jax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_child_wait_for_line_and_wait_until(child, tmp_path):
+    with harness.Child(child("--sleep", "0.05")) as c:
+        assert c.wait_until(lambda: (tmp_path / "state").exists() and int((tmp_path / "state").read_text()) >= 3,
+                            timeout=60)
+        assert c.wait_for_line(lambda line: line.startswith("result"), timeout=60).startswith("result ")
+        assert c.output == ["some other output"] and c.result["done"] == 10
+        assert c.reported == [Progress(e, b) for e in range(2) for b in range(5)] and c.lines == 10
+        assert c.finish(timeout=60) == 0
+    with harness.Child(child("--total", "2")) as c:  # exits before the condition holds
+        assert c.wait_until(lambda: False, timeout=60) is None
+    with harness.Child(child("--total", "2")) as c, pytest.raises(ChildFailed, match="before the wanted line"):
+        c.wait_for_line(lambda line: line == "never", timeout=60)
+    with harness.Child(child("--hang")) as c, pytest.raises(ChildTimeout, match="within 0.3 s"):
+        c.wait_until(lambda: False, timeout=0.3)
+    assert c.returncode == -signal.SIGKILL
+
+
+def group_commands(child, tmp_path, *flags, n=2):
+    """`n` commands of the test child, each with its own state file."""
+    python, script = child()[:2]
+    return [[python, script, os.fspath(tmp_path / f"state-{i}"), *flags] for i in range(n)]
+
+
+def test_group_runs_to_the_end_together(child, tmp_path):
+    logs = [os.fspath(tmp_path / f"err-{i}.log") for i in range(2)]
+    with harness.ChildGroup(group_commands(child, tmp_path, "--fail-at", "99"), stderr_paths=logs) as group:
+        assert len(group) == 2 and len(set(group.pids)) == 2
+        assert group.finish(timeout=60) == [0, 0]
+        assert [c.result for c in group] == [{"done": 10, "resumed_from": 0}] * 2
+        assert [c.progress for c in group] == [Progress(1, 4)] * 2
+    assert all(os.path.exists(p) for p in logs)
+    with pytest.raises(ValueError, match="One stderr path per command"):
+        harness.ChildGroup(group_commands(child, tmp_path), stderr_paths=logs[:1])
+
+
+def test_group_killed_together_when_the_leader_is_due(child, tmp_path):
+    with harness.ChildGroup(group_commands(child, tmp_path, "--sleep", "0.05", "--total", "200")) as group:
+        assert group.watch(Kill(after_lines=3), timeout=60)
+        assert group[0].lines == 3
+        assert group.stop() == [-signal.SIGKILL] * 2
+    for pid in group.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    # The next run of the group resumes (each child from its own state).
+    with harness.ChildGroup(group_commands(child, tmp_path, "--total", "20")) as group:
+        # Batch 100 never comes: the leader's output ends first.
+        assert group.watch(Kill(at_batch=100), batches_per_epoch=5, timeout=60) is False
+        assert group.finish(timeout=60) == [0, 0]
+        assert group[0].result["resumed_from"] >= 3 and group[0].reported[0].batches_done(5) >= 4
+
+
+def test_group_signal_to_one_and_the_grace_for_the_others(child, tmp_path):
+    # Child 1 alone gets the SIGTERM (and exits 42); child 0 never stops by
+    # itself, so it is SIGKILLed once the grace is over.
+    commands = group_commands(child, tmp_path, "--term", "--sleep", "0.05", "--total", "400")
+    with harness.ChildGroup(commands) as group:
+        assert group.watch(Kill(at_batch=2, signal=signal.SIGTERM), batches_per_epoch=5, timeout=60)
+        t = time.monotonic()
+        assert group.stop(signal.SIGTERM, grace=0.5, only=1) == [-signal.SIGKILL, 42]
+        assert 0.5 <= time.monotonic() - t < 10
+
+
+def test_group_timeout_kills_every_child(child, tmp_path):
+    with harness.ChildGroup(group_commands(child, tmp_path, "--hang")) as group:
+        with pytest.raises(ChildTimeout, match=r"0.5 s in all\); every process of the group was SIGKILLed"):
+            group.watch(Kill(after_lines=1), timeout=0.5)
+        assert [c.returncode for c in group] == [-signal.SIGKILL] * 2
+    with harness.ChildGroup(group_commands(child, tmp_path, "--hang")) as group:
+        with pytest.raises(ChildTimeout, match="did not exit within"):
+            group.finish(timeout=0.5)
+        assert [c.returncode for c in group] == [-signal.SIGKILL] * 2
