@@ -140,7 +140,7 @@ def measure(name: str, url: str, saves: int, every: int) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--saves", type=int, default=8)
-    p.add_argument("--every", type=int, default=5, help="batches between saves")
+    p.add_argument("--every", type=int, default=20, help="batches between saves")
     p.add_argument("--url", action="append", default=[], help="a store to measure (repeatable)")
     a = p.parse_args()
     servers = None
