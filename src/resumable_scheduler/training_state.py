@@ -63,7 +63,7 @@ def capture(
         # length or steps per epoch must not resume this position (see
         # data.check_resumed_input). Absent outside a fit, and in older
         # checkpoints.
-        snap.items[snapshot.INPUT] = data.input_record(model)
+        snap.items[snapshot.INPUT] = data.input_record(model, int(batch))
     if include_callbacks:
         snap.callbacks = tracker_for(model).collect()
     doc = snap.document(include_callbacks=include_callbacks)

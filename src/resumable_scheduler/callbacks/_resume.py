@@ -285,11 +285,13 @@ class ResumeMixin:
             batch = doc[snapshot.POSITION]["batch"]
             if batch:
                 training_state.restore_metrics(ki.model_of(self), arrays)
+                record = doc.get(snapshot.INPUT)
                 self._skip = skip_batches(
                     batch,
                     model=ki.model_of(self),
                     owner=self,
-                    after_skip=lambda: training_state.restore_rng_now(doc, arrays)
+                    after_skip=lambda: training_state.restore_rng_now(doc, arrays),
+                    reader_state=record.get("reader") if isinstance(record, dict) else None,
                 )
         data.warn_partial_epochs(self)
         self._epoch_steps = data.steps_in_epoch(self)

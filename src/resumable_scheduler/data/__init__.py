@@ -15,6 +15,10 @@ whose input differs is refused before any batch is trained
 (`check_resumed_input`), instead of crashing inside Keras or silently training
 the wrong samples.
 
+Inputs with a *positioner* (a module listed in `POSITIONERS`) are started at
+batch `k` without reading the batches before it (see `Positioner`); the
+others are positioned by consuming those batches.
+
 Inputs whose position cannot be rebuilt this way (a plain Python generator,
 `tf.data`, a torch `DataLoader`) get one warning, and the interrupted epoch
 runs again from its first batch, as with stock Keras; everything else
@@ -28,13 +32,60 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from resumable_scheduler import snapshot
 from resumable_scheduler._adapters import keras as ki
 
 
 _ACTIVE: "_SkipPatch | None" = None
+
+# -- positioners: starting an input at batch k without reading batches 0..k-1 --
+
+#: Modules that position one kind of input in O(1). Each defines the
+#: functions of `Positioner`; `positioner_for` returns the first that
+#: matches a data adapter.
+POSITIONERS: tuple[str, ...] = ()
+
+
+class Positioner(Protocol):
+    """How one kind of input (a module in `POSITIONERS`) is positioned.
+
+    - `matches(adapter)`: True for the Keras data adapters it handles.
+    - `start_at(adapter, batch, state)`: arranges for the *next* data
+      iterator `adapter` makes (the next training epoch's) to yield batch
+      `batch` first, without reading the batches before it. `state` is what
+      `capture` returned for the checkpoint being resumed (None if it
+      recorded nothing).
+    - `capture(adapter, batch)`: JSON-safe state a mid-epoch checkpoint at
+      batch `batch` of the running epoch needs to position this input again
+      (a sampler's generator state, a grain iterator state), or None.
+      Stored as `input["reader"]` (see `input_record`).
+    """
+
+    def matches(self, adapter: Any) -> bool: ...
+
+    def start_at(self, adapter: Any, batch: int, state: Any) -> None: ...
+
+    def capture(self, adapter: Any, batch: int) -> Any: ...
+
+
+def positioner_for(adapter: Any) -> Positioner | None:
+    """The positioner of `adapter`'s kind of input, or None."""
+    import importlib
+
+    for name in POSITIONERS:
+        module = importlib.import_module(name)
+        if module.matches(adapter):
+            return module  # type: ignore[return-value]
+    return None
+
+
+def is_resumable(adapter: Any) -> bool:
+    """True when a resumed epoch can start exactly at its batch: a positioner
+    handles `adapter`, or its batch order is a function of the host RNG
+    (arrays, `PyDataset`), so consuming the first batches lands there."""
+    return positioner_for(adapter) is not None or isinstance(adapter, ki.resumable_adapter_classes())
 
 
 class _SkipPatch:
@@ -52,10 +103,11 @@ class _SkipPatch:
 
     def __init__(self, steps: int, on_unsupported: Callable[[Any], None],
                  after_skip: Callable[[], None] | None = None, model: Any = None,
-                 owner: Any = None) -> None:
+                 owner: Any = None, reader_state: Any = None) -> None:
         self.model = model
         self.owner = owner
         self.steps = steps
+        self.reader_state = reader_state
         self.after_skip = after_skip
         self.on_unsupported = on_unsupported
         self.cls = ki.epoch_iterator_class()
@@ -90,20 +142,25 @@ class _SkipPatch:
             mine = patch._mine(it)
             if mine is None:
                 patch.uninstall()  # a stale patch: not the fit it was made for
-            inner = patch.original(it)
             if not mine:
-                yield from inner
+                yield from patch.original(it)
                 return
             patch.uninstall()
-            if not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
+            positioner = positioner_for(it.data_adapter)
+            if positioner is None and not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
                 patch.on_unsupported(it.data_adapter)
-                yield from inner
+                yield from patch.original(it)
                 return
+            if positioner is not None:
+                # Before the epoch makes its data iterator: it starts there.
+                positioner.start_at(it.data_adapter, patch.steps, patch.reader_state)
+            inner = patch.original(it)
             skipping = True
             for begin, end, iterator in inner:
                 if begin < patch.steps:
-                    for _ in range(begin, end + 1):
-                        next(iterator)
+                    if positioner is None:  # consume what the position skips
+                        for _ in range(begin, end + 1):
+                            next(iterator)
                     continue
                 if skipping and patch.after_skip is not None:
                     patch.after_skip()
@@ -127,6 +184,7 @@ def skip_batches(
     after_skip: Callable[[], None] | None = None,
     model: Any = None,
     owner: Any = None,
+    reader_state: Any = None,
 ) -> _SkipPatch:
     """Makes the next training epoch start at batch `steps` (see module doc).
 
@@ -134,6 +192,7 @@ def skip_batches(
     first batch is trained (to put back RNG state that training consumes).
     With `model`, only the training epoch of that model's `fit` is affected,
     and with `owner` too, only of a `fit` whose callbacks include `owner`.
+    `reader_state` is the checkpoint's `input["reader"]` (see `Positioner`).
     """
 
     def warn(adapter: Any) -> None:
@@ -147,7 +206,7 @@ def skip_batches(
             stacklevel=2,
         )
 
-    patch = _SkipPatch(steps, warn, after_skip, model, owner)
+    patch = _SkipPatch(steps, warn, after_skip, model, owner, reader_state)
     patch.install()
     return patch
 
@@ -155,7 +214,7 @@ def skip_batches(
 # -- what a position depends on ----------------------------------------------
 
 
-def input_record(model: Any) -> dict[str, Any] | None:
+def input_record(model: Any, batch: int | None = None) -> dict[str, Any] | None:
     """What the batch positions of the running `model.fit` depend on (JSON),
     for a mid-epoch checkpoint, or None outside a fit.
 
@@ -163,12 +222,20 @@ def input_record(model: Any) -> dict[str, Any] | None:
     per epoch, Keras's `params["steps"]`), `steps_per_epoch` (the `fit`
     argument, or None), `steps_per_execution`, `batches` (batches in one pass
     over the data: for a `PyDataset`, its `len()`), and for arrays `samples`
-    and `batch_size`.
+    and `batch_size`. With `batch` (the checkpoint's position in the running
+    epoch), `reader` holds what the input's positioner needs (see
+    `Positioner.capture`).
     """
     it = ki.running_epoch_iterator(model)
     if it is None:
         return None
-    return ki.epoch_input(it)
+    record = ki.epoch_input(it)
+    positioner = positioner_for(it.data_adapter)
+    if positioner is not None and batch is not None:
+        reader = positioner.capture(it.data_adapter, batch)
+        if reader is not None:
+            record["reader"] = reader
+    return record
 
 
 def _location(owner: Any) -> tuple[str, str | None]:
@@ -236,7 +303,7 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
         return  # an epoch boundary does not depend on the input
     model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
-    if it is None or not isinstance(it.data_adapter, ki.resumable_adapter_classes()):
+    if it is None or not is_resumable(it.data_adapter):
         return  # no position to rebuild: the epoch reruns (see skip_batches)
     new = ki.epoch_input(it)
     params = getattr(owner, "params", None) or {}
