@@ -45,7 +45,11 @@ _ACTIVE: "_SkipPatch | None" = None
 #: Modules that position one kind of input in O(1). Each defines the
 #: functions of `Positioner`; `positioner_for` returns the first that
 #: matches a data adapter.
-POSITIONERS: tuple[str, ...] = ()
+POSITIONERS: tuple[str, ...] = (
+    "resumable_scheduler.data.pydataset",
+    "resumable_scheduler.data.grain",
+    "resumable_scheduler.data.torch_loader",
+)
 
 
 class Positioner(Protocol):
