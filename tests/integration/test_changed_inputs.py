@@ -212,25 +212,50 @@ Y40 = np.zeros((40, 10), dtype="float32")
 PARTIAL = re.compile(r"steps_per_epoch=6 is less than one pass over the training data \(10 batches\)")
 
 
-def partial_warnings(callbacks, steps_per_epoch=6, tmp=None):
+class Batches40(keras.utils.PyDataset):
+    """X40 as 10 batches of 4."""
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return X40[4 * i:4 * i + 4], Y40[4 * i:4 * i + 4]
+
+
+def partial_warnings(callbacks, steps_per_epoch=6, tmp=None, workers=None):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        make_model().fit(X40, Y40, epochs=3, batch_size=4, steps_per_epoch=steps_per_epoch,
-                         callbacks=callbacks, verbose=0)
+        if workers is None:
+            make_model().fit(X40, Y40, epochs=3, batch_size=4, steps_per_epoch=steps_per_epoch,
+                             callbacks=callbacks, verbose=0)
+        else:
+            make_model().fit(Batches40(workers=workers), epochs=3, steps_per_epoch=steps_per_epoch,
+                             callbacks=callbacks, verbose=0)
     return [str(x.message) for x in w if issubclass(x.category, UserWarning) and "steps_per_epoch=" in str(x.message)]
 
 
+# Issue 10: arrays and a PyDataset without workers resume a carried-over pass
+# exactly (tests/integration/test_partial_epochs.py) and do not warn; a
+# PyDataset read by worker threads still does (Keras's enqueuer re-shuffles
+# at each epoch end).
+
+
 @pytest.mark.parametrize("save_freq", [1, 4, "epoch"])
-def test_steps_per_epoch_smaller_than_the_data_warns_once(tmp_path, save_freq):
-    got = partial_warnings([rs.BackupAndRestore(os.fspath(tmp_path / "b"), save_freq=save_freq)])
+def test_steps_per_epoch_smaller_than_the_data_warns_once_with_workers(tmp_path, save_freq):
+    got = partial_warnings([rs.BackupAndRestore(os.fspath(tmp_path / "b"), save_freq=save_freq)], workers=2)
     assert len(got) == 1 and PARTIAL.match(got[0]), got
     assert "a resumed run starts a fresh pass" in got[0]
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_steps_per_epoch_smaller_than_the_data_does_not_warn_where_exact(tmp_path, workers):
+    assert partial_warnings([rs.BackupAndRestore(os.fspath(tmp_path / "b"), save_freq=1)], workers=workers) == []
 
 
 @JAX_ONLY
 def test_steps_per_epoch_smaller_than_the_data_warns_once_for_orbax(tmp_path):
     got = partial_warnings([rs.OrbaxCheckpoint(os.fspath(tmp_path / "o"), save_freq=2,
-                                               save_on_background=False)])
+                                               save_on_background=False)], workers=2)
     assert len(got) == 1 and PARTIAL.match(got[0]), got
 
 

@@ -202,6 +202,9 @@ class ResumeMixin:
         epochs = self.params.get("epochs") if self.params else None
         if isinstance(epochs, int):
             out[snapshot.RUN] = {"epochs": epochs}
+        record = data.boundary_record(ki.model_of(self))
+        if record is not None:  # the next epoch continues this pass over the data
+            out[snapshot.INPUT] = record
         cbs = ki.running_fit_callbacks(ki.model_of(self)) or []
         mine = next((i for i, c in enumerate(cbs) if c is self), None)
         if mine is None:
@@ -283,17 +286,20 @@ class ResumeMixin:
             # Re-create the interrupted epoch: same RNG, so the same order.
             rng.restore_host_rng(doc[snapshot.RNG], arrays)
             batch = doc[snapshot.POSITION]["batch"]
-            if batch:
-                training_state.restore_metrics(ki.model_of(self), arrays)
-                record = doc.get(snapshot.INPUT)
+            record = doc.get(snapshot.INPUT)
+            if batch or data.carried_pass(record) is not None:
+                if batch:
+                    training_state.restore_metrics(ki.model_of(self), arrays)
                 self._skip = skip_batches(
                     batch,
                     model=ki.model_of(self),
                     owner=self,
-                    after_skip=lambda: training_state.restore_rng_now(doc, arrays),
+                    after_skip=(lambda: training_state.restore_rng_now(doc, arrays)) if batch else None,
                     reader_state=record.get("reader") if isinstance(record, dict) else None,
+                    record=record,
+                    epoch=epoch,
                 )
-        data.warn_partial_epochs(self)
+        data.begin_epoch(self, epoch)
         self._epoch_steps = data.steps_in_epoch(self)
         tracker_for(ki.model_of(self)).set_position(epoch, batch)
         self._epoch_rng = rng.capture_host_rng()

@@ -22,20 +22,32 @@ others are positioned by consuming those batches.
 Inputs whose position cannot be rebuilt this way (a plain Python generator,
 `tf.data`, a torch `DataLoader`) get one warning, and the interrupted epoch
 runs again from its first batch, as with stock Keras; everything else
-(weights, optimizer, learning rates, RNG) is still restored exactly. So does
-a `steps_per_epoch` smaller than one pass over the data (`warn_partial_epochs`):
-Keras then carries its data iterator over from one epoch to the next, which a
-resume does not re-create yet.
+(weights, optimizer, learning rates, RNG) is still restored exactly.
+
+A `steps_per_epoch` smaller than one pass over the data makes Keras carry its
+data iterator over from one epoch to the next (40 samples, batch 4,
+steps_per_epoch=6 gives epochs of 6, 4, 6, 4... batches). `begin_epoch`
+tracks, for each epoch, where it starts in the pass (`pass_offset`) and the
+host RNG at the start of that pass (which drew its shuffled order); a
+checkpoint records both (`input_record`, `boundary_record`), and a resume
+re-draws that pass's order with that RNG and starts at `pass_offset + batch`
+(for arrays and a `PyDataset` without workers). For other inputs it is not
+exact (`warn_partial_epochs`).
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import warnings
 import weakref
 from typing import Any, Callable, Protocol
 
-from resumable_scheduler import snapshot
+import numpy as np
+
+from resumable_scheduler import rng, snapshot
 from resumable_scheduler._adapters import keras as ki
+from resumable_scheduler._adapters import keras_pydataset as kp
 
 
 _ACTIVE: "_SkipPatch | None" = None
@@ -107,7 +119,8 @@ class _SkipPatch:
 
     def __init__(self, steps: int, on_unsupported: Callable[[Any], None],
                  after_skip: Callable[[], None] | None = None, model: Any = None,
-                 owner: Any = None, reader_state: Any = None) -> None:
+                 owner: Any = None, reader_state: Any = None, carried: "_Pass | None" = None) -> None:
+        self.carried = carried
         self.model = model
         self.owner = owner
         self.steps = steps
@@ -155,7 +168,10 @@ class _SkipPatch:
                 patch.on_unsupported(it.data_adapter)
                 yield from patch.original(it)
                 return
-            if positioner is not None:
+            if patch.carried is not None and _partial(it):
+                # The epoch continues a pass that earlier epochs began.
+                _rebuild_pass(it, positioner, patch.carried, patch.steps, patch.reader_state)
+            elif positioner is not None:
                 # Before the epoch makes its data iterator: it starts there.
                 positioner.start_at(it.data_adapter, patch.steps, patch.reader_state)
             inner = patch.original(it)
@@ -183,12 +199,38 @@ class _SkipPatch:
             _ACTIVE = None
 
 
+def _rebuild_pass(it: Any, positioner: Any, carried: "_Pass", steps: int, reader_state: Any) -> None:
+    """Makes the epoch iterator `it` (about to start its epoch) continue the
+    pass `carried` began: its order drawn with the host RNG of that pass's
+    start, `carried.offset` batches of it consumed by earlier epochs, and the
+    epoch's first `steps` batches to skip (a positioner starts the pass at
+    `offset + steps` now; otherwise the skip consumes them). The host RNG is
+    left as it was."""
+    saved = rng.capture_host_rng()
+    rng.restore_host_rng(*carried.rng)
+    try:
+        if positioner is not None:
+            positioner.start_at(it.data_adapter, carried.offset + steps, reader_state)
+            data_it = kp.new_data_iterator(it)
+        else:
+            data_it = kp.new_data_iterator(it)
+            first = next(data_it)  # draws the pass's order (lazily, as Keras does)
+            data_it = itertools.chain([first], data_it)
+            for _ in range(carried.offset):
+                next(data_it)
+    finally:
+        rng.restore_host_rng(*saved)
+    kp.carry(it, data_it, carried.offset)
+
+
 def skip_batches(
     steps: int,
     after_skip: Callable[[], None] | None = None,
     model: Any = None,
     owner: Any = None,
     reader_state: Any = None,
+    record: dict[str, Any] | None = None,
+    epoch: int | None = None,
 ) -> _SkipPatch:
     """Makes the next training epoch start at batch `steps` (see module doc).
 
@@ -197,7 +239,15 @@ def skip_batches(
     With `model`, only the training epoch of that model's `fit` is affected,
     and with `owner` too, only of a `fit` whose callbacks include `owner`.
     `reader_state` is the checkpoint's `input["reader"]` (see `Positioner`).
+    `record` is the checkpoint's `input` and `epoch` the resumed epoch: when
+    that epoch continues a pass over the data begun by earlier epochs
+    (`carried`), the pass is rebuilt (`steps` may then be 0).
     """
+    carried = carried_pass(record, epoch)
+    if carried is not None and model is not None:
+        it = ki.running_epoch_iterator(model)
+        if it is not None:
+            _PASSES[it] = carried
 
     def warn(adapter: Any) -> None:
         warnings.warn(
@@ -210,9 +260,113 @@ def skip_batches(
             stacklevel=2,
         )
 
-    patch = _SkipPatch(steps, warn, after_skip, model, owner, reader_state)
+    patch = _SkipPatch(steps, warn, after_skip, model, owner, reader_state, carried)
     patch.install()
     return patch
+
+
+# -- passes carried over from one epoch to the next ---------------------------
+
+
+class _Pass:
+    """Where epoch `epoch` starts in the pass over the data it belongs to
+    (`offset` batches of it consumed by earlier epochs) and the host RNG
+    `(meta, arrays)` at the start of that pass (None when unknown)."""
+
+    __slots__ = ("epoch", "offset", "rng")
+
+    def __init__(self, epoch: int | None, offset: int, state: Any) -> None:
+        self.epoch = epoch
+        self.offset = offset
+        self.rng = state
+
+
+#: The pass of the running epoch, per training `EpochIterator`.
+_PASSES: "weakref.WeakKeyDictionary[Any, _Pass]" = weakref.WeakKeyDictionary()
+
+
+def _partial(it: Any) -> bool:
+    """True when `steps_per_epoch` is less than one pass over the data."""
+    spe, batches = it.steps_per_epoch, it.data_adapter.num_batches
+    return bool(spe) and bool(batches) and spe < batches
+
+
+def _exact_carry(adapter: Any) -> bool:
+    """Inputs whose carried-over pass a resume re-creates exactly: arrays,
+    and a `PyDataset` read without workers (with workers, Keras's enqueuer
+    itself re-shuffles and drops prefetched batches at each epoch end)."""
+    return isinstance(adapter, ki.resumable_adapter_classes()) and not kp.uses_enqueuer(adapter)
+
+
+def _encode_rng(state: Any) -> dict[str, Any]:
+    meta, arrays = state
+    return {
+        "meta": meta,
+        "arrays": {
+            k: {"dtype": str(v.dtype), "shape": list(v.shape),
+                "b64": base64.b64encode(np.ascontiguousarray(v).tobytes()).decode("ascii")}
+            for k, v in arrays.items()
+        },
+    }
+
+
+def _decode_rng(doc: Any) -> Any:
+    try:
+        arrays = {
+            str(k): np.frombuffer(base64.b64decode(v["b64"], validate=True), dtype=np.dtype(v["dtype"])).reshape(
+                [int(n) for n in v["shape"]])
+            for k, v in doc["arrays"].items()
+        }
+        meta = doc["meta"]
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not an object")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"Invalid saved pass RNG state (input.pass_rng): {e!r}.") from None
+    return meta, arrays
+
+
+def carried_pass(record: Any, epoch: int | None = None) -> "_Pass | None":
+    """The pass a checkpoint's `input` record says its epoch continues
+    (`pass_offset` > 0, with the RNG of that pass's start), or None."""
+    if not isinstance(record, dict):
+        return None
+    offset = record.get("pass_offset")
+    if type(offset) is not int or offset <= 0 or not isinstance(record.get("pass_rng"), dict):
+        return None
+    return _Pass(epoch, offset, _decode_rng(record["pass_rng"]))
+
+
+def begin_epoch(owner: Any, epoch: int) -> None:
+    """At the start of each epoch of `owner`'s fit (after a resume set it
+    up): notes where the epoch starts in its pass over the data and the host
+    RNG of that pass's start, when `steps_per_epoch` is less than one pass
+    (see module doc); then `warn_partial_epochs`."""
+    model = ki.model_of(owner)
+    it = ki.running_epoch_iterator(model) if model is not None else None
+    if it is None:
+        return
+    if not _partial(it):
+        _PASSES.pop(it, None)
+        return
+    noted = _PASSES.get(it)
+    if noted is None or noted.epoch != epoch:
+        offset = kp.pass_offset(it)
+        if offset == 0:  # a fresh pass: its order is drawn from the RNG as it is now
+            state = rng.capture_host_rng()
+        else:
+            state = noted.rng if noted is not None else None
+        _PASSES[it] = _Pass(epoch, offset, state)
+    warn_partial_epochs(owner)
+
+
+def _pass_items(it: Any, offset: int, state: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"pass_offset": int(offset)}
+    shuffle = kp.adapter_shuffle(it.data_adapter)
+    if shuffle is not None:
+        out["shuffle"] = shuffle
+    if offset and state is not None:
+        out["pass_rng"] = _encode_rng(state)
+    return out
 
 
 # -- what a position depends on ----------------------------------------------
@@ -228,17 +382,40 @@ def input_record(model: Any, batch: int | None = None) -> dict[str, Any] | None:
     over the data: for a `PyDataset`, its `len()`), and for arrays `samples`
     and `batch_size`. With `batch` (the checkpoint's position in the running
     epoch), `reader` holds what the input's positioner needs (see
-    `Positioner.capture`).
+    `Positioner.capture`). When `steps_per_epoch` is less than one pass,
+    `pass_offset` is where the running epoch started in its pass, `shuffle`
+    the input's shuffle setting, and `pass_rng` (if the offset is not 0) the
+    host RNG of the pass's start (see `begin_epoch`).
     """
     it = ki.running_epoch_iterator(model)
     if it is None:
         return None
     record = ki.epoch_input(it)
+    noted = _PASSES.get(it)
+    if noted is not None and _partial(it):
+        record.update(_pass_items(it, noted.offset, noted.rng))
     positioner = positioner_for(it.data_adapter)
     if positioner is not None and batch is not None:
         reader = positioner.capture(it.data_adapter, batch)
         if reader is not None:
             record["reader"] = reader
+    return record
+
+
+def boundary_record(model: Any) -> dict[str, Any] | None:
+    """For an epoch-end checkpoint of the running `model.fit`: the input
+    record (as `input_record`) when the next epoch continues the running
+    pass over the data (`pass_offset` > 0), else None (a fresh epoch does
+    not depend on the input)."""
+    it = ki.running_epoch_iterator(model)
+    if it is None or not _partial(it):
+        return None
+    offset = kp.pass_offset(it)
+    noted = _PASSES.get(it)
+    if not offset or noted is None or noted.rng is None:
+        return None
+    record = ki.epoch_input(it)
+    record.update(_pass_items(it, offset, noted.rng))
     return record
 
 
@@ -269,6 +446,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, st
 
     if old.get("adapter") != new.get("adapter") and old.get("adapter") and new.get("adapter"):
         out.append((f"input {_kind(old)} then, {_kind(new)} now", f"the same input ({_kind(old)})"))
+    if both("shuffle"):
+        out.append((f"shuffle={old['shuffle']!r} then, {new['shuffle']!r} now", f"shuffle={old['shuffle']!r}"))
     if both("batch_size"):
         out.append((f"batch_size={old['batch_size']} then, {new['batch_size']} now",
                     f"batch_size={old['batch_size']}"))
@@ -303,21 +482,26 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
     directory is named in the message)."""
     position = doc.get(snapshot.POSITION) or {}
     batch = position.get("batch") or 0
-    if not batch:
-        return  # an epoch boundary does not depend on the input
+    old = doc.get(snapshot.INPUT)
+    carried = isinstance(old, dict) and type(old.get("pass_offset")) is int and old["pass_offset"] > 0
+    if not batch and not carried:
+        return  # an epoch boundary does not depend on the input, unless it continues a pass
     model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
     if it is None or not is_resumable(it.data_adapter):
         return  # no position to rebuild: the epoch reruns (see skip_batches)
     new = ki.epoch_input(it)
+    shuffle = kp.adapter_shuffle(it.data_adapter)
+    if shuffle is not None:
+        new["shuffle"] = shuffle
     params = getattr(owner, "params", None) or {}
     if params.get("steps") is not None:
         new["steps"] = params["steps"]
     where, path = _location(owner)
     epoch = position.get("epoch")
-    start = f"Cannot resume from the mid-epoch checkpoint in {where} (epoch {epoch}, batch {batch})"
+    kind = "mid-epoch checkpoint" if batch else "checkpoint"
+    start = f"Cannot resume from the {kind} in {where} (epoch {epoch}, batch {batch})"
     delete = f"delete {path!r}" if path else "delete it"
-    old = doc.get(snapshot.INPUT)
     if isinstance(old, dict):
         diffs = _differences({**old, "batch": batch}, new)
         if diffs:
@@ -330,6 +514,8 @@ def check_resumed_input(owner: Any, doc: dict[str, Any]) -> None:
                 + f" as when the checkpoint was written, or {delete} to start over. "
                 "Nothing was changed."
             )
+    if not batch:
+        return
     # Also for checkpoints that predate the record: a position past the end
     # of this fit's epochs cannot be right.
     steps = [s for s in (new.get("steps"), new.get("batches")) if isinstance(s, int)]
@@ -373,6 +559,11 @@ def steps_in_epoch(owner: Any) -> int | None:
     spe, batches = record.get("steps_per_epoch"), record.get("batches")
     if spe and batches and spe > batches:
         return batches if steps is None else min(steps, batches)
+    noted = _PASSES.get(it)
+    if noted is not None and _partial(it):
+        # A carried-over pass: the epoch ends where the pass does.
+        left = batches - noted.offset
+        return left if steps is None else min(steps, left)
     return steps
 
 
@@ -392,13 +583,17 @@ _WARNED: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 def warn_partial_epochs(owner: Any) -> None:
     """Warns once per `fit` when its `steps_per_epoch` is smaller than one
-    pass over the data: Keras then continues each epoch where the previous
-    one stopped in the data (40 samples, batch 4, steps_per_epoch=6 gives
-    epochs of 6, 4, 6, 4... batches), and a resume, at an epoch boundary or
-    mid-epoch, starts a fresh pass instead."""
+    pass over the data and its input is one whose carried-over pass a resume
+    cannot re-create (see `_exact_carry`: a `PyDataset` with workers, whose
+    enqueuer Keras restarts with a fresh order at every epoch end): Keras
+    then continues each epoch where the previous one stopped in the data (40
+    samples, batch 4, steps_per_epoch=6 gives epochs of 6, 4, 6, 4...
+    batches), and a resume, at an epoch boundary or mid-epoch, starts a fresh
+    pass instead. Arrays and a `PyDataset` without workers resume exactly
+    and do not warn."""
     model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
-    if it is None or it in _WARNED:
+    if it is None or it in _WARNED or _exact_carry(it.data_adapter):
         return
     record = ki.epoch_input(it)
     spe, batches = record.get("steps_per_epoch"), record.get("batches")
