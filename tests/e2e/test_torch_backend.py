@@ -35,6 +35,7 @@ FILES = [
     "integration/test_changed_inputs.py",
     "integration/test_fit_lifecycle_data.py",
     "integration/test_background_save.py",
+    "integration/test_torch_loader.py",
 ]
 
 
