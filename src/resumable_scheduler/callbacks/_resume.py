@@ -305,14 +305,16 @@ class ResumeMixin:
         self._epoch_rng = rng.capture_host_rng()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        tracker_for(ki.model_of(self)).note_batch_end(batch)
-        steps = epoch_steps(self)
-        last = steps is not None and self._batch >= steps
+        # Runs per batch: the common case (no signal, no save due) does the
+        # least it can.
+        model = ki.model_of(self)
+        tracker = tracker_for(model)
+        tracker.note_batch_end(batch)
         signum = self._poll_signal()
         if signum is not None:
             self.preempted = signum
-            ki.model_of(self).stop_training = True
-            self._save_now_or_at_boundary(last)
+            model.stop_training = True
+            self._save_now_or_at_boundary(self._is_last(tracker))
             return
         if self.save_freq == "epoch" or self.save_freq is False:
             return
@@ -320,7 +322,12 @@ class ResumeMixin:
         if self._since_save >= self.save_freq:
             self._since_save = 0
             if self._want_batch_save(batch, logs):
-                self._save_now_or_at_boundary(last)
+                self._save_now_or_at_boundary(self._is_last(tracker))
+
+    def _is_last(self, tracker: Any) -> bool:
+        """Whether the batch just trained is the last of its epoch."""
+        steps = epoch_steps(self)
+        return steps is not None and tracker.done >= steps
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         finished = self._batch_count_done(epoch)
