@@ -31,10 +31,6 @@ Y = np.linspace(0, 1, N * 10, dtype="float32").reshape(N, 10)
 # mid-epoch, last batch of an epoch, first batch of the next; in the first
 # epoch of the process too (the recorder missed its start).
 POSITIONS = [(0, 2), (1, 3), (1, 4), (2, 0), (2, 3)]
-# An epoch-boundary checkpoint does not record the loader's generator yet:
-# `data.input_record` and the resumed `skip_batches` call the positioner only
-# mid-epoch (batch > 0). Needs a change in resumable_scheduler/data/__init__.py.
-BOUNDARY = pytest.mark.xfail(strict=True, reason="epoch-boundary checkpoints do not save the loader generator yet")
 
 
 class Recording(torch.utils.data.Dataset):
@@ -108,9 +104,7 @@ def interrupted(tmp_path, at, shuffle, data=None):
 
 @pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("at", POSITIONS)
-def test_interrupted_anywhere_resumes_exactly(tmp_path, reference, at, shuffle, request):
-    if at[1] == 0 and shuffle:
-        request.applymarker(BOUNDARY)
+def test_interrupted_anywhere_resumes_exactly(tmp_path, reference, at, shuffle):
     got, rows, dataset = interrupted(tmp_path, at, shuffle)
     want, want_rows = reference[shuffle]
     assert_same(got, want)

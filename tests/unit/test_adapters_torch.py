@@ -16,6 +16,7 @@ PINNED = {
     "torch_loader_adapter_class": "test_torch_loader_adapter_class",
     "live_loader_iterator": "test_fit_reads_a_live_loader_iterator_and_its_unserved_batches",
     "take_unserved_batches": "test_fit_reads_a_live_loader_iterator_and_its_unserved_batches",
+    "draw_loader_base_seed": "test_iter_loader_draws_one_base_seed_before_its_sampler",
 }
 
 
@@ -85,3 +86,19 @@ def test_fit_reads_a_live_loader_iterator_and_its_unserved_batches():
         assert len({i for b in seen["rest"] for i in b}) == 6
         # Reading them did not draw from the generator (no second permutation).
         assert not seen["drew"]
+
+
+def test_iter_loader_draws_one_base_seed_before_its_sampler():
+    """An epoch-end checkpoint replays this draw (`_BaseDataLoaderIter.__init__`'s
+    `_base_seed`): `iter(loader)` takes exactly one int64 from
+    `loader.generator`, and its sampler starts only at the first batch."""
+    with internal("torch DataLoader: iter(loader) draws one base seed from loader.generator"):
+        data = torch.utils.data.TensorDataset(torch.arange(6.0))
+        gen = torch.Generator().manual_seed(3)
+        loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=True, generator=gen)
+        expected = torch.Generator().manual_seed(3)
+        kt.draw_loader_base_seed(expected)
+        it = iter(loader)
+        assert torch.equal(gen.get_state(), expected.get_state())
+        next(it)  # now the sampler draws its order
+        assert not torch.equal(gen.get_state(), expected.get_state())

@@ -49,3 +49,11 @@ def take_unserved_batches(loader_iter: Any, batches: int) -> tuple[int, list[lis
     rest = [list(b) for b in itertools.islice(sampler_iter, max(batches - served, 0))]
     loader_iter._sampler_iter = itertools.chain([list(b) for b in rest], sampler_iter)
     return served, rest
+
+
+def draw_loader_base_seed(generator: Any) -> None:
+    """What `iter(loader)` draws from `loader.generator` before its sampler
+    starts (`_BaseDataLoaderIter.__init__`: `_base_seed`, one int64)."""
+    import torch
+
+    torch.empty((), dtype=torch.int64).random_(generator=generator)

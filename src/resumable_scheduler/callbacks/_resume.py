@@ -287,7 +287,8 @@ class ResumeMixin:
             rng.restore_host_rng(doc[snapshot.RNG], arrays)
             batch = doc[snapshot.POSITION]["batch"]
             record = doc.get(snapshot.INPUT)
-            if batch or data.carried_pass(record) is not None:
+            reader = record.get("reader") if isinstance(record, dict) else None
+            if batch or data.carried_pass(record) is not None or reader is not None:
                 if batch:
                     training_state.restore_metrics(ki.model_of(self), arrays)
                 self._skip = skip_batches(
@@ -295,7 +296,7 @@ class ResumeMixin:
                     model=ki.model_of(self),
                     owner=self,
                     after_skip=(lambda: training_state.restore_rng_now(doc, arrays)) if batch else None,
-                    reader_state=record.get("reader") if isinstance(record, dict) else None,
+                    reader_state=reader,
                     record=record,
                     epoch=epoch,
                 )
@@ -334,7 +335,11 @@ class ResumeMixin:
         tracker_for(ki.model_of(self)).note_epoch_end(epoch)
         if finished:
             self._current_epoch = epoch + 1
-        due = self._boundary_pending or (
+        # An input of unknown epoch length (a grain IterDataset, say): the
+        # last batch's checkpoint could not know it was the last, so the
+        # epoch's end is committed as the boundary it is.
+        unknown_end = isinstance(self.save_freq, int) and epoch_steps(self) is None and self.preempted is None
+        due = self._boundary_pending or unknown_end or (
             self.save_freq == "epoch" and self.preempted is None and self._want_epoch_save(epoch, logs)
         )
         self._boundary_pending = False

@@ -76,7 +76,10 @@ class Positioner(Protocol):
     - `capture(adapter, batch)`: JSON-safe state a mid-epoch checkpoint at
       batch `batch` of the running epoch needs to position this input again
       (a sampler's generator state, a grain iterator state), or None.
-      Stored as `input["reader"]` (see `input_record`).
+      Stored as `input["reader"]` (see `input_record`). At an epoch-end
+      checkpoint it is called with `batch=0`: the state the *next* epoch
+      starts from, or None if a fresh epoch needs none (`boundary_record`);
+      a resume at batch 0 then calls `start_at(adapter, 0, state)`.
     """
 
     def matches(self, adapter: Any) -> bool: ...
@@ -345,6 +348,9 @@ def begin_epoch(owner: Any, epoch: int) -> None:
     it = ki.running_epoch_iterator(model) if model is not None else None
     if it is None:
         return
+    # Before the epoch makes its data iterator: a positioner that records
+    # where each epoch starts (a torch sampler's generator) sees this one.
+    positioner_for(it.data_adapter)
     if not _partial(it):
         _PASSES.pop(it, None)
         return
@@ -405,17 +411,26 @@ def input_record(model: Any, batch: int | None = None) -> dict[str, Any] | None:
 def boundary_record(model: Any) -> dict[str, Any] | None:
     """For an epoch-end checkpoint of the running `model.fit`: the input
     record (as `input_record`) when the next epoch continues the running
-    pass over the data (`pass_offset` > 0), else None (a fresh epoch does
-    not depend on the input)."""
+    pass over the data (`pass_offset` > 0), or when the input's positioner
+    records what the next epoch starts from (`capture(adapter, 0)`, as
+    `reader`); else None (a fresh epoch does not depend on the input)."""
     it = ki.running_epoch_iterator(model)
-    if it is None or not _partial(it):
+    if it is None:
         return None
-    offset = kp.pass_offset(it)
-    noted = _PASSES.get(it)
-    if not offset or noted is None or noted.rng is None:
-        return None
-    record = ki.epoch_input(it)
-    record.update(_pass_items(it, offset, noted.rng))
+    # An input whose positioner keeps state across epochs (a torch sampler's
+    # generator) records what the next epoch starts from.
+    positioner = positioner_for(it.data_adapter)
+    reader = positioner.capture(it.data_adapter, 0) if positioner is not None else None
+    record = None
+    if _partial(it):
+        offset = kp.pass_offset(it)
+        noted = _PASSES.get(it)
+        if offset and noted is not None and noted.rng is not None:
+            record = ki.epoch_input(it)
+            record.update(_pass_items(it, offset, noted.rng))
+    if reader is not None:
+        record = record if record is not None else ki.epoch_input(it)
+        record["reader"] = reader
     return record
 
 

@@ -101,7 +101,10 @@ def _source_len(dataset: Any) -> int | None:
 
 
 def capture(adapter: Any, batch: int) -> Any:
-    """The JSON state that starts this input at batch `batch` again."""
+    """The JSON state that starts this input at batch `batch` again (None at
+    an epoch end, `batch=0`: a fresh epoch makes a fresh iterator)."""
+    if batch == 0:
+        return None
     from resumable_scheduler._adapters import keras_grain as kg
 
     grain = _grain()

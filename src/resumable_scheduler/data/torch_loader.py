@@ -63,6 +63,9 @@ class _Recorder:
         self.order: list[int] | None = None  # or: its indices from `base` on
         self.base = 0
         self.pending: tuple[int, Any, Any, int] | None = None
+        #: With `pending`: first replay the draws of the epoch that ended at
+        #: the checkpoint (its order, then running out), from `pending`'s state.
+        self.replay_epoch = False
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -105,6 +108,14 @@ class _Recorder:
             if self._generator() is None:  # torch's global RNG: put it back after the draw
                 keep = _torch().get_rng_state()
             self._set_rng_state(state)
+            replay, self.replay_epoch = self.replay_epoch, False
+            if replay:
+                # From an epoch end: the base seed the next epoch's
+                # `iter(loader)` drew before its sampler started.
+                from resumable_scheduler._adapters import keras_torch
+
+                keras_torch.draw_loader_base_seed(self._generator())
+                self.start = self._rng_state()
         it = iter(self.sampler)
         first = list(itertools.islice(it, skip + 1))  # draws the order now; drops `skip`
         if keep is not None:
@@ -184,12 +195,24 @@ def _shape(loader: Any) -> dict[str, int]:
 def capture(adapter: Any, batch: int) -> Any:
     """JSON state for a checkpoint after `batch` batches of the running epoch:
     the RNG state its order came from (or the indices still to serve), and
-    the loader's batch size and length."""
+    the loader's batch size and length. `batch=0` (an epoch-end checkpoint):
+    what the next epoch's order is drawn from."""
     if not matches(adapter):
         return None
     loader = _loader(adapter)
     rec = loader.batch_sampler.sampler
     out: dict[str, Any] = {"format": FORMAT, **_shape(loader)}
+    if batch == 0:
+        # An epoch-end checkpoint: the generator as it is now. The next epoch
+        # first makes its loader iterator (which draws a base seed from it),
+        # then its sampler draws the order; the resume replays that draw.
+        gen = rec._generator()
+        if gen is not None:
+            out["generator"] = _encode_state(gen.get_state())
+            out["after_epoch"] = True
+        else:
+            out["generator"] = None
+        return out
     if rec.start is None and rec.order is None and not isinstance(rec.sampler, _torch().utils.data.SequentialSampler):
         # The recorder missed this epoch's start: keep what is left of it.
         from resumable_scheduler._adapters import keras_torch
@@ -264,4 +287,8 @@ def start_at(adapter: Any, batch: int, state: Any) -> None:
             raise ValueError("Invalid value for field `input.reader.order`: an index outside the dataset.")
         rec.pending = (0, gen_state, [int(i) for i in arr], batch)
         return
+    after = state.get("after_epoch", False)
+    if not isinstance(after, bool) or (after and (batch or gen_state is None)):
+        raise ValueError(f"Invalid value for field `input.reader.after_epoch`: {after!r:.100}.")
+    rec.replay_epoch = after
     rec.pending = (batch * loader.batch_size, gen_state, None, 0)
