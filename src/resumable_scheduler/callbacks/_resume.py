@@ -338,7 +338,7 @@ class ResumeMixin:
         # An input of unknown epoch length (a grain IterDataset, say): the
         # last batch's checkpoint could not know it was the last, so the
         # epoch's end is committed as the boundary it is.
-        unknown_end = isinstance(self.save_freq, int) and epoch_steps(self) is None and self.preempted is None
+        unknown_end = type(self.save_freq) is int and epoch_steps(self) is None and self.preempted is None
         due = self._boundary_pending or unknown_end or (
             self.save_freq == "epoch" and self.preempted is None and self._want_epoch_save(epoch, logs)
         )

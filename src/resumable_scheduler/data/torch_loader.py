@@ -137,12 +137,14 @@ def matches(adapter: Any) -> bool:
     """True for Keras's torch `DataLoader` adapter on the torch backend, over
     a map-style dataset with torch's own `BatchSampler` over a
     `RandomSampler` or `SequentialSampler`. Puts the recorder in place."""
-    torch = _torch()
-    if torch is None or "keras" not in sys.modules:
+    if "keras" not in sys.modules:
         return False
     import keras
 
     if keras.backend.backend() != "torch":
+        return False  # torch is not imported for other backends' inputs
+    torch = _torch()
+    if torch is None:
         return False
     from resumable_scheduler._adapters import keras_torch
 
