@@ -8,11 +8,14 @@ rerunning it after any interruption continues the same run.
     python tests/support/multiprocess_child.py DIRECTORY OUT_DIR [--save-freq N|epoch]
         [--processes 2 --process-id I --port P] [--samples N] [--epochs N]
         [--batch-size N] [--big] [--sleep S] [--no-ckpt] [--sync] [--backup]
-        [--seed-per-process]
+        [--seed-per-process] [--grain]
 
 With `--processes 2` it joins a two-process JAX run on 127.0.0.1 (CPU
 collectives over gloo, two CPU devices per process) and trains with
 `keras.distribution.DataParallel`, feeding its own half of the data.
+With `--grain` the data is a shuffled `grain.MapDataset` with a random map
+(the same shuffle in every process), each process batching its own shard
+`ds[process_id::processes]`.
 It prints `start` when training begins and `batch E B` after each batch,
 and at the end writes OUT_DIR/result-I.json and OUT_DIR/weights-I.npz.
 """
@@ -44,6 +47,8 @@ def main(argv=None) -> int:
     p.add_argument("--backup", action="store_true", help="rs.BackupAndRestore instead of rs.OrbaxCheckpoint")
     p.add_argument("--seed-per-process", action="store_true",
                    help="seed the host RNGs (the batch order) differently in each process")
+    p.add_argument("--grain", action="store_true",
+                   help="feed a shuffled grain.MapDataset with a random map, sharded per process")
     a = p.parse_args(argv)
 
     os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -107,7 +112,20 @@ def main(argv=None) -> int:
 
         np.random.seed(1000 + a.process_id)
         random.seed(1000 + a.process_id)
-    model.fit(x, y, epochs=a.epochs, batch_size=a.batch_size, callbacks=callbacks, verbose=0)
+    if a.grain:
+        import grain
+
+        full_x = np.arange(n * 20, dtype="float32").reshape(n, 20) / (n * 20)
+        full_y = np.full((n, 10), 0.01, dtype="float32")
+
+        def noise(e, r):
+            return e[0] + r.normal(size=20).astype("float32") * 0.01, e[1]
+
+        ds = grain.MapDataset.range(n).shuffle(seed=7).map(lambda i: (full_x[i], full_y[i]))
+        ds = ds[a.process_id::a.processes].random_map(noise, seed=3 + a.process_id).batch(a.batch_size)
+        model.fit(ds, epochs=a.epochs, callbacks=callbacks, verbose=0)
+    else:
+        model.fit(x, y, epochs=a.epochs, batch_size=a.batch_size, callbacks=callbacks, verbose=0)
 
     os.makedirs(a.out_dir, exist_ok=True)
     i = a.process_id
