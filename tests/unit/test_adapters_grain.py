@@ -109,3 +109,19 @@ def test_running_fit_locals():
         assert isinstance(got["it"], grain.DatasetIterator)
         assert got["state"] == {"next_index": 1}  # one batch read: the one trained
         assert got["steps"] == 4
+
+
+def test_keras_leaves_the_pass_length_unknown_and_the_positioner_knows_it():
+    # With steps_per_epoch smaller than a pass, resumable_scheduler.data
+    # tracks the carried pass using the positioner's `batches`, as Keras
+    # reports no `num_batches` for grain inputs.
+    from resumable_scheduler import data
+    from resumable_scheduler.data import grain as positioner
+
+    ds = batches()
+    with internal("GrainDatasetAdapter.num_batches is None"):
+        adapter = kg.grain_adapter_class()(ds)
+        assert adapter.num_batches is None
+    assert positioner.batches(adapter) == 4
+    assert data._pass_batches(type("It", (), {"data_adapter": adapter})()) == 4
+    assert positioner.batches(kg.grain_adapter_class()(ds.to_iter_dataset())) is None

@@ -31,8 +31,9 @@ tracks, for each epoch, where it starts in the pass (`pass_offset`) and the
 host RNG at the start of that pass (which drew its shuffled order); a
 checkpoint records both (`input_record`, `boundary_record`), and a resume
 re-draws that pass's order with that RNG and starts at `pass_offset + batch`
-(for arrays and a `PyDataset` without workers). For other inputs it is not
-exact (`warn_partial_epochs`).
+(for arrays and a `PyDataset` without workers; a grain `MapDataset`, whose
+order does not depend on the RNG, is sliced there). For other inputs it is
+not exact (`warn_partial_epochs`).
 """
 
 from __future__ import annotations
@@ -288,17 +289,33 @@ class _Pass:
 _PASSES: "weakref.WeakKeyDictionary[Any, _Pass]" = weakref.WeakKeyDictionary()
 
 
+def _pass_batches(it: Any) -> int | None:
+    """Batches in one pass over the data of an `EpochIterator`: its
+    adapter's `num_batches`, or, when Keras leaves that unknown, what the
+    input's positioner reports (its optional `batches(adapter)`)."""
+    batches = it.data_adapter.num_batches
+    if batches is None:
+        positioner = positioner_for(it.data_adapter)
+        count = getattr(positioner, "batches", None)
+        batches = count(it.data_adapter) if callable(count) else None
+    return batches
+
+
 def _partial(it: Any) -> bool:
     """True when `steps_per_epoch` is less than one pass over the data."""
-    spe, batches = it.steps_per_epoch, it.data_adapter.num_batches
+    spe, batches = it.steps_per_epoch, _pass_batches(it)
     return bool(spe) and bool(batches) and spe < batches
 
 
 def _exact_carry(adapter: Any) -> bool:
     """Inputs whose carried-over pass a resume re-creates exactly: arrays,
-    and a `PyDataset` read without workers (with workers, Keras's enqueuer
-    itself re-shuffles and drops prefetched batches at each epoch end)."""
-    return isinstance(adapter, ki.resumable_adapter_classes()) and not kp.uses_enqueuer(adapter)
+    a `PyDataset` read without workers (with workers, Keras's enqueuer
+    itself re-shuffles and drops prefetched batches at each epoch end), and
+    an input whose positioner knows its pass length (a grain `MapDataset`)."""
+    if isinstance(adapter, ki.resumable_adapter_classes()):
+        return not kp.uses_enqueuer(adapter)
+    count = getattr(positioner_for(adapter), "batches", None)
+    return callable(count) and count(adapter) is not None
 
 
 def _encode_rng(state: Any) -> dict[str, Any]:
@@ -571,7 +588,7 @@ def steps_in_epoch(owner: Any) -> int | None:
     if it is None:
         return steps
     record = ki.epoch_input(it)
-    spe, batches = record.get("steps_per_epoch"), record.get("batches")
+    spe, batches = record.get("steps_per_epoch"), _pass_batches(it)
     if spe and batches and spe > batches:
         return batches if steps is None else min(steps, batches)
     noted = _PASSES.get(it)
@@ -611,7 +628,7 @@ def warn_partial_epochs(owner: Any) -> None:
     if it is None or it in _WARNED or _exact_carry(it.data_adapter):
         return
     record = ki.epoch_input(it)
-    spe, batches = record.get("steps_per_epoch"), record.get("batches")
+    spe, batches = record.get("steps_per_epoch"), _pass_batches(it)
     if not spe or not batches or spe >= batches:
         return
     _WARNED.add(it)

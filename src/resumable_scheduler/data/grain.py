@@ -13,6 +13,11 @@ batches before it (see `resumable_scheduler.data.Positioner`).
   is the state of the first batch not yet trained. The next epoch's fresh
   iterator gets it with `set_state()`.
 
+With a `steps_per_epoch` smaller than a `MapDataset`'s length, Keras carries
+its iterator over from one epoch to the next; `batches` gives the pass length
+Keras leaves unknown, so a resume slices at `pass_offset + batch` (see
+`resumable_scheduler.data`).
+
 The state saved in the checkpoint (`input["reader"]`) also records the batch
 size and the number of batches (or of the source's elements), so a resumed
 `fit` on a changed input is refused with both values named:
@@ -61,6 +66,25 @@ def matches(adapter: Any) -> bool:
     if not isinstance(adapter, kg.grain_adapter_class()):
         return False
     return isinstance(kg.dataset_of(adapter), (grain.MapDataset, grain.IterDataset))
+
+
+def batches(adapter: Any) -> int | None:
+    """Batches in one pass over the input: the length of a `MapDataset`
+    (Keras leaves `num_batches` of grain inputs unknown), None for an
+    `IterDataset`. With it, a `steps_per_epoch` smaller than one pass is
+    tracked as for arrays (see `resumable_scheduler.data`): a resume slices
+    the `MapDataset` at `pass_offset + batch`, where the iterator Keras
+    carried over from earlier epochs stood."""
+    from resumable_scheduler._adapters import keras_grain as kg
+
+    grain = _grain()
+    ds = kg.dataset_of(adapter)
+    if grain is not None and isinstance(ds, grain.MapDataset):
+        try:
+            return int(len(ds))
+        except Exception:  # noqa: BLE001 - an infinite/unknown length
+            return None
+    return None
 
 
 def _jsonable(value: Any, where: str = "state") -> Any:
