@@ -85,7 +85,21 @@ class FirstEpochReads(keras.callbacks.Callback):
         self.all, self.start, self.reads = reads, None, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.start is None:  # after Keras's look at the data before training
+        if self.start is None:
+            # After Keras's look at the data before training: its iterator's
+            # threads read ahead, so wait until they are done (the epoch's
+            # own iterator is made after this hook).
+            import time
+
+            seen, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 5.0
+            while time.monotonic() < deadline:
+                with _LOCK:
+                    now = len(self.all)
+                if now != seen:
+                    seen, quiet_since = now, time.monotonic()
+                elif time.monotonic() - quiet_since > 0.2:
+                    break
+                time.sleep(0.01)
             with _LOCK:
                 self.start = len(self.all)
 
