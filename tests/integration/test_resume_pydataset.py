@@ -67,25 +67,49 @@ MODES = {
 }
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-@pytest.mark.parametrize("mode", list(MODES))
+# With workers and shuffle=True, Keras's OrderedEnqueuer shuffles on its own
+# thread, at a moment that races with the main thread's use of `random` (and
+# with our capture of the epoch's RNG state): the order is not reproducible
+# even by an uninterrupted run, so there is no exact reference to compare
+# with (a CI run saw it differ). Those combinations are left out.
+CASES = [(mode, shuffle) for mode in MODES for shuffle in (False, True) if not (MODES[mode] and shuffle)]
+
+
+class EpochReads(keras.callbacks.Callback):
+    """The indices served (per the log file) from the first epoch's start to
+    the end of its last batch: workers read ahead within the epoch, and
+    after it Keras restarts its queue for the next epoch."""
+
+    def __init__(self, log, last):
+        super().__init__()
+        self.log, self.last, self.start, self.reads = log, last, None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.start is None:
+            self.start = len(served(self.log))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.reads is None and batch == self.last:
+            self.reads = served(self.log)[self.start:]
+
+
+@pytest.mark.parametrize(("mode", "shuffle"), CASES)
 def test_resumed_epoch_reads_only_the_batches_it_trains(tmp_path, mode, shuffle):
     kw = MODES[mode]
     log = BatchLog()
     reference, order = run(tmp_path, "reference", [log], shuffle, **kw)
-    assert len(order) == 100
     d = os.fspath(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "interrupted", [rs.BackupAndRestore(d, save_freq=1), InterruptAt(*AT)], shuffle, **kw)
     resumed_log = BatchLog()
-    model, read = run(tmp_path, "resumed", [rs.BackupAndRestore(d, save_freq=1), resumed_log], shuffle, **kw)
+    window = EpochReads(os.fspath(tmp_path / "resumed.log"), 49)
+    model, _ = run(tmp_path, "resumed", [rs.BackupAndRestore(d, save_freq=1), resumed_log, window], shuffle, **kw)
     assert resumed_log.rows == [(1, b) for b in range(40, 50)]
-    expected = order[50 + 40:]
     if kw:  # worker threads or processes call __getitem__ in any order
-        assert sorted(read) == sorted(expected)
+        assert sorted(window.reads) == list(range(40, 50))  # (no shuffle with workers)
     else:
-        assert read == expected
-    if not shuffle:
-        assert sorted(read) == list(range(40, 50))
+        assert len(order) == 100  # one read per batch without workers: the reference's order
+        assert window.reads == order[50 + 40:]
+        if not shuffle:
+            assert window.reads == list(range(40, 50))
     assert_same(outcome(model), outcome(reference))
-
