@@ -203,7 +203,7 @@ class ResumeMixin:
         if isinstance(epochs, int):
             out[snapshot.RUN] = {"epochs": epochs}
         record = data.boundary_record(ki.model_of(self))
-        if record is not None:  # the next epoch continues this pass over the data
+        if record is not None:  # the next epoch continues this pass, or its reader has state
             out[snapshot.INPUT] = record
         cbs = ki.running_fit_callbacks(ki.model_of(self)) or []
         mine = next((i for i, c in enumerate(cbs) if c is self), None)
