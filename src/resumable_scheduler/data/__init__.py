@@ -342,6 +342,8 @@ def _decode_rng(doc: Any) -> Any:
             raise TypeError("meta is not an object")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"Invalid saved pass RNG state (input.pass_rng): {e!r}.") from None
+    # As every host RNG state read from a file: checked before it is used.
+    rng.check_host_rng(meta, arrays, where="input.pass_rng")
     return meta, arrays
 
 
