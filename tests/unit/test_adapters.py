@@ -5,7 +5,6 @@ When a Keras upgrade changes one, the test below that covers it fails with a
 message naming the internal, instead of training silently going wrong.
 """
 
-import contextlib
 import importlib
 import inspect
 
@@ -17,6 +16,7 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler import tracker as tracker_mod
+from tests.support import pins  # noqa: E402
 
 # Every public name of _adapters.keras, and the test that pins it.
 PINNED = {
@@ -51,18 +51,8 @@ PINNED = {
 }
 
 
-@contextlib.contextmanager
 def internal(what):
-    """Turns any failure into one loud message naming the internal."""
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - reported below
-        pytest.fail(
-            f"Keras internal changed: {what} (keras {keras.__version__}). "
-            f"Update src/resumable_scheduler/_adapters/keras.py. Cause: "
-            f"{type(e).__name__}: {e}",
-            pytrace=False,
-        )
+    return pins.internal(what, "keras.py")
 
 
 def test_every_internal_has_a_pin():

@@ -5,7 +5,6 @@ message naming the internal."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 
 import keras
@@ -15,6 +14,7 @@ import pytest
 grain = pytest.importorskip("grain")
 
 from resumable_scheduler._adapters import keras_grain as kg  # noqa: E402
+from tests.support import pins  # noqa: E402
 
 PINNED = {
     "ITERATOR_METHODS": "test_next_epoch_uses_swaps_the_dataset_once",
@@ -27,16 +27,8 @@ PINNED = {
 }
 
 
-@contextlib.contextmanager
 def internal(what):
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - reported below
-        pytest.fail(
-            f"Keras internal changed: {what} (keras {keras.__version__}). "
-            f"Update src/resumable_scheduler/_adapters/keras_grain.py. Cause: {type(e).__name__}: {e}",
-            pytrace=False,
-        )
+    return pins.internal(what, "keras_grain.py")
 
 
 def test_every_internal_has_a_pin():

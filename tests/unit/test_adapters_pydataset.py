@@ -4,7 +4,6 @@ A Keras upgrade that changes one fails the test that covers it, with a
 message naming the internal.
 """
 
-import contextlib
 import inspect
 import random
 
@@ -14,6 +13,7 @@ import pytest
 
 from resumable_scheduler._adapters import keras as ki
 from resumable_scheduler._adapters import keras_pydataset as kp
+from tests.support import pins  # noqa: E402
 
 PINNED = {
     "pydataset_adapter_class": "test_pydataset_adapter_class_is_what_fit_uses",
@@ -27,16 +27,8 @@ PINNED = {
 }
 
 
-@contextlib.contextmanager
 def internal(what):
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - reported below
-        pytest.fail(
-            f"Keras internal changed: {what} (keras {keras.__version__}). Update "
-            f"src/resumable_scheduler/_adapters/keras_pydataset.py. Cause: {type(e).__name__}: {e}",
-            pytrace=False,
-        )
+    return pins.internal(what, "keras_pydataset.py")
 
 
 class Data(keras.utils.PyDataset):

@@ -2,7 +2,6 @@
 `resumable_scheduler/_adapters/keras_torch.py` (the torch DataLoader
 positioner). Each failure names the internal that changed."""
 
-import contextlib
 import inspect
 
 import keras
@@ -11,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from resumable_scheduler._adapters import keras_torch as kt  # noqa: E402
+from tests.support import pins  # noqa: E402
 
 PINNED = {
     "torch_loader_adapter_class": "test_torch_loader_adapter_class",
@@ -20,16 +20,8 @@ PINNED = {
 }
 
 
-@contextlib.contextmanager
 def internal(what):
-    try:
-        yield
-    except Exception as e:  # noqa: BLE001 - reported below
-        pytest.fail(
-            f"Keras/torch internal changed: {what} (keras {keras.__version__}, torch {torch.__version__}). "
-            f"Update src/resumable_scheduler/_adapters/keras_torch.py. Cause: {type(e).__name__}: {e}",
-            pytrace=False,
-        )
+    return pins.internal(what, "keras_torch.py", f", torch {torch.__version__}")
 
 
 def test_every_internal_has_a_pin():
