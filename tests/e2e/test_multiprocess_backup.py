@@ -26,7 +26,8 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler import harness, processes
 from tests.support.multiprocess import (
-    BATCHES, FULL, PER_EPOCH, SEED, TIMEOUT, assert_same, batch_index, launch, result, run_to_end, saved_position,
+    BATCHES, FULL, PER_EPOCH, SEED, TIMEOUT, assert_same, batch_index, kill_and_finish, launch, result, run_to_end,
+    saved_position,
 )
 
 pytestmark = pytest.mark.slow
@@ -115,40 +116,11 @@ def assert_one_writer(backup_dir: str, pids: list[int]) -> None:
 
 
 def test_both_processes_sigkilled_resume_exactly(tmp_path, backup_dir, reference):
-    out = tmp_path / "out"
     # Kill after a random number of batches of each life (5 lives x at most
     # 10 batches never reach the end of the 60).
     plan = harness.random_kills(5 if FULL else 2, random.Random(SEED), after_lines=(2, 10))
-    floor = 0  # every life resumes at or past this batch
-    for k, kill in enumerate(plan):
-        with launch(backup_dir, out, *ARGS, logs=tmp_path, run=k + 1) as group:
-            assert group.watch(kill, timeout=TIMEOUT), f"seed {SEED}, life {k}: the run ended first"
-            first = group[0].reported[0]
-            start = batch_index(first)
-            assert start >= floor, f"seed {SEED}, life {k}: restarted at {first}, expected batch >= {floor}"
-            if k == 0:
-                assert_one_writer(backup_dir, group.pids)
-            assert group.stop(kill.signal) == [-signal.SIGKILL] * 2, f"seed {SEED}, life {k}"
-        # `last`: the last batch process 0 printed before it died (at or past
-        # the kill's trigger, `start + after_lines - 1`; the run goes on
-        # while the test looks at the lock). It was printed after its save
-        # point, which waits for the write of the one before: "batch `last`
-        # is next" is committed. The last batch of an epoch saves at the
-        # epoch's end, after the print.
-        last = batch_index(group[0].progress)
-        assert last >= start + kill.after_lines - 1
-        floor = last - 1 if last % PER_EPOCH == PER_EPOCH - 1 else last
-    children = run_to_end(backup_dir, out, *ARGS, logs=tmp_path, run=len(plan) + 1)
-    first = [c.reported[0] for c in children]
-    # Both processes resumed at the same batch, from the checkpoint (not
-    # from the start: the test cannot pass by training everything again).
-    assert first[0] == first[1]
-    assert batch_index(first[0]) >= floor > 0, f"seed {SEED}: {first[0]}"
-    assert children[0].lines == BATCHES - batch_index(first[0])
-    assert_same(result(out), reference)
-    # The finished run deleted its backup (process 0 did).
-    with pytest.raises(FileNotFoundError):
-        rs.read_state(backup_dir)
+    kill_and_finish(backup_dir, tmp_path / "out", ARGS, plan, reference, tmp_path,
+                    first_life=lambda group: assert_one_writer(backup_dir, group.pids))
 
 
 def test_sigterm_to_one_process_saves_one_checkpoint_and_stops_both(tmp_path, reference):

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 
 import numpy as np
 import pytest
 
 pytest.importorskip("grain")
 
-import resumable_scheduler as rs  # noqa: E402
 from resumable_scheduler import harness  # noqa: E402
 from tests.support.multiprocess import (  # noqa: E402
-    BATCHES, FULL, PER_EPOCH, SEED, TIMEOUT, assert_same, batch_index, launch, result, run_to_end,
+    FULL, SEED, kill_and_finish, result, run_to_end,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,31 +41,7 @@ def reference(tmp_path_factory):
 
 
 def test_both_processes_sigkilled_resume_exactly_with_grain(tmp_path, reference):
-    backup_dir, out = os.fspath(tmp_path / "backup"), tmp_path / "out"
     # Kill after a random number of batches of each life (4 lives x at most
     # 10 batches never reach the end of the 60).
     plan = harness.random_kills(4 if FULL else 2, random.Random(SEED), after_lines=(2, 10))
-    floor = 0  # every life resumes at or past this batch
-    for k, kill in enumerate(plan):
-        with launch(backup_dir, out, *ARGS, logs=tmp_path, run=k + 1) as group:
-            assert group.watch(kill, timeout=TIMEOUT), f"seed {SEED}, life {k}: the run ended first"
-            first = group[0].reported[0]
-            start = batch_index(first)
-            assert start >= floor, f"seed {SEED}, life {k}: restarted at {first}, expected batch >= {floor}"
-            assert group.stop(kill.signal) == [-signal.SIGKILL] * 2, f"seed {SEED}, life {k}"
-        # As in test_multiprocess_backup.py: the last batch process 0
-        # printed is committed as "next", except an epoch's last batch (saved
-        # at the epoch's end, after the print).
-        last = batch_index(group[0].progress)
-        assert last >= start + kill.after_lines - 1
-        floor = last - 1 if last % PER_EPOCH == PER_EPOCH - 1 else last
-    children = run_to_end(backup_dir, out, *ARGS, logs=tmp_path, run=len(plan) + 1)
-    first = [c.reported[0] for c in children]
-    # Both processes resumed at the same batch, from the checkpoint (not
-    # from the start: the test cannot pass by training everything again).
-    assert first[0] == first[1]
-    assert batch_index(first[0]) >= floor > 0, f"seed {SEED}: {first[0]}"
-    assert children[0].lines == BATCHES - batch_index(first[0])
-    assert_same(result(out), reference)
-    with pytest.raises(FileNotFoundError):
-        rs.read_state(backup_dir)
+    kill_and_finish(os.fspath(tmp_path / "backup"), tmp_path / "out", ARGS, plan, reference, tmp_path)

@@ -90,3 +90,47 @@ def saved_position(p: harness.Progress) -> tuple[int, int]:
     the batch after it."""
     assert p.batch is not None
     return (p.epoch, p.batch + 1) if p.batch < PER_EPOCH - 1 else (p.epoch + 1, 0)
+
+
+def kill_and_finish(backup_dir: str, out, args, plan, reference, logs, first_life=None) -> None:
+    """Runs both processes of one `rs.BackupAndRestore` run (`args`), kills
+    both at each `Kill` of `plan`, then runs it to the end, and checks that
+    every life resumed at or past the last batch committed before its kill,
+    that the last one resumed mid-run (not from the start: the test cannot
+    pass by training everything again) at the same batch in both processes,
+    that both end as `reference`, and that the finished run deleted its
+    backup. `first_life(group)` runs once the first life has trained."""
+    import signal
+
+    import pytest
+
+    import resumable_scheduler as rs
+
+    floor = 0  # every life resumes at or past this batch
+    for k, kill in enumerate(plan):
+        with launch(backup_dir, out, *args, logs=logs, run=k + 1) as group:
+            assert group.watch(kill, timeout=TIMEOUT), f"seed {SEED}, life {k}: the run ended first"
+            first = group[0].reported[0]
+            start = batch_index(first)
+            assert start >= floor, f"seed {SEED}, life {k}: restarted at {first}, expected batch >= {floor}"
+            if k == 0 and first_life is not None:
+                first_life(group)
+            assert group.stop(kill.signal) == [-signal.SIGKILL] * 2, f"seed {SEED}, life {k}"
+        # `last`: the last batch process 0 printed before it died (at or past
+        # the kill's trigger, `start + after_lines - 1`; the run goes on
+        # while the test looks at the lock). It was printed after its save
+        # point, which waits for the write of the one before: "batch `last`
+        # is next" is committed. The last batch of an epoch saves at the
+        # epoch's end, after the print.
+        last = batch_index(group[0].progress)
+        assert last >= start + kill.after_lines - 1
+        floor = last - 1 if last % PER_EPOCH == PER_EPOCH - 1 else last
+    children = run_to_end(backup_dir, out, *args, logs=logs, run=len(plan) + 1)
+    first = [c.reported[0] for c in children]
+    assert first[0] == first[1]
+    assert batch_index(first[0]) >= floor > 0, f"seed {SEED}: {first[0]}"
+    assert children[0].lines == BATCHES - batch_index(first[0])
+    assert_same(result(out), reference)
+    # The finished run deleted its backup (process 0 did).
+    with pytest.raises(FileNotFoundError):
+        rs.read_state(backup_dir)
