@@ -26,6 +26,7 @@ _EXPORTS = {
     "STATE_VERSION": "resumable_scheduler.state",
     "ScheduleState": "resumable_scheduler.state",
     "StepSchedule": "resumable_scheduler.schedules",
+    "goodput": "resumable_scheduler.goodput",
     "read_state": "resumable_scheduler.api",
     "restore": "resumable_scheduler.api",
 }

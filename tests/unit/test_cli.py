@@ -47,6 +47,7 @@ def test_inspect_json_is_the_read_state_dict(capsys):
     code, out, err = run(["inspect", RS_KERAS, "--json"], capsys)
     assert code == 0, err
     data = json.loads(out)
+    assert data.pop("goodput") == rs.goodput(RS_KERAS)  # no timeline in v1: empty
     assert data == json.loads(json.dumps(rs.read_state(RS_KERAS)))
     assert (data["epoch"], data["batch"], data["step"]) == (12, 0, 60)
     assert len(data["history"]) == 12
@@ -244,3 +245,111 @@ def test_inspect_step_on_a_checkpoint_without_steps_is_an_error(path, what, caps
         r"holds one state: only Orbax directories have steps\.$"
     )):
         rs.read_state(path, step=3)
+
+
+# -- goodput ------------------------------------------------------------------------------------
+
+NO_TIMELINE = ("goodput                      no timeline recorded (checkpoint written before "
+               "timelines, or without a resumable fit)")
+
+
+def png_data(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return json.loads(im.text["resumable_scheduler"])
+
+
+@pytest.fixture(scope="module")
+def interrupted_file(tmp_path_factory):
+    from resumable_scheduler.timeline import Timeline
+    from tests.unit.test_goodput import interrupted_run, save_with_timeline
+
+    return save_with_timeline(tmp_path_factory.mktemp("cli_gp") / "run.weights.h5", Timeline(interrupted_run()).to_json())
+
+
+@pytest.mark.parametrize("path", [RS_KERAS, RS_H5, RS_BACKUP])
+def test_inspect_a_v1_checkpoint_says_no_timeline_was_recorded(path, tmp_path, capsys):
+    png = tmp_path / "v1.png"
+    code, out, err = run(["inspect", path, "--plot", str(png)], capsys)
+    assert code == 0, err
+    assert NO_TIMELINE in out.splitlines()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_data(png) == {"resume_epochs": [], "segments": [], "steps_per_epoch": 5}
+
+
+def test_inspect_prints_the_goodput_summary(interrupted_file, capsys):
+    code, out, err = run(["inspect", interrupted_file], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "next epoch             3" in lines  # the table comes first
+    summary = lines[lines.index("goodput"):]
+    assert summary == [
+        "goodput",
+        "wall time                    100.0 s",
+        "productive training          66.5 s (66.5%), 75 steps",
+        "start-up                     2.0 s",
+        "lost to restarts             5.0 s",
+        "work lost before kills       <= 5.5 s",
+        "blocked in saves             2.0 s",
+        "downtime                     19.0 s",
+        "interruptions                4 (killed 3, signal 1, exception 0)",
+        "  killed     epoch 3, batch 2, step 17",
+        "  killed     epoch 6, batch 1, step 31",
+        "  signal     epoch 9, batch 0, step 45",
+        "  killed     epoch 14, batch 0, step 70",
+        "redone steps                 0 (stock Keras would have retrained 3)",
+    ]
+
+
+def test_inspect_json_has_the_goodput_report(interrupted_file, capsys):
+    code, out, err = run(["inspect", interrupted_file, "--json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["goodput"] == json.loads(json.dumps(rs.goodput(interrupted_file)))
+    assert [i["cause"] for i in data["goodput"]["interruptions"]] == ["killed", "killed", "signal", "killed"]
+    assert data["goodput"]["productive_steps"] == 75
+
+
+def test_inspect_plot_marks_each_resume_and_draws_the_timeline(interrupted_file, tmp_path, capsys):
+    png = tmp_path / "run.png"
+    code, out, err = run(["inspect", interrupted_file, "--plot", str(png)], capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = png_data(png)
+    # 5 batches per epoch (the saved positions say so): resumed at epoch 3
+    # batch 2, epoch 6 batch 1, then epochs 9 and 14 at their start.
+    assert data["steps_per_epoch"] == 5
+    assert data["resume_epochs"] == pytest.approx([3.4, 6.2, 9.0, 14.0])
+    segs = data["segments"]
+    assert [s["cause"] for s in segs] == ["killed", "killed", "signal", "killed", "finished"]
+    assert [s["start"] for s in segs] == pytest.approx([0.0, 25.0, 45.0, 70.0, 95.0])
+    for s in segs:
+        parts = s["restart"] + s["training"] + s["blocked"] + s["lost"] + s["downtime"]
+        assert parts == pytest.approx(s["next_start"] - s["start"])
+    assert sum(s["blocked"] for s in segs) == pytest.approx(2.0)
+    assert sum(s["lost"] for s in segs) == pytest.approx(5.5)
+    assert segs[-1]["next_start"] == pytest.approx(100.0)  # the wall time
+
+
+def test_resume_markers_without_known_batches_per_epoch_are_at_the_epoch(tmp_path):
+    report = {"resumes": [{"epoch": 3, "batch": 2, "step": 99, "at": 1.0}], "spans": []}
+    state = {"history": [0.1] * 4, "epoch": 4, "batch": 0, "step": 20}  # 5 per epoch here, not at the resume
+    png = tmp_path / "x.png"
+    cli.plot_history(state, str(png), report)
+    assert png_data(png)["resume_epochs"] == [3]
+    assert png_data(png)["steps_per_epoch"] is None
+
+
+def test_inspect_a_crafted_timeline_exits_2_naming_the_field(tmp_path, capsys):
+    from tests.unit.test_goodput import save_with_timeline
+
+    path = save_with_timeline(tmp_path / "bad.weights.h5", {"segments": [{}, {"started": -5}]}, epochs=1)
+    code, out, err = run(["inspect", path], capsys)
+    assert code == 2
+    assert out == ""
+    assert err == (
+        f"resumable-scheduler inspect: error: cannot inspect {path!r}: Invalid value for field "
+        f"`timeline.segments[1].started` in {path!r}. Received: started=-5. Expected a finite number "
+        "of seconds >= 0.\n"
+    )
