@@ -80,6 +80,8 @@ TRAINING_SEED = 1337
 EXPECTED_LR = 0.00607
 WEIGHTS_FILE = "final_weights.npz"
 RESULT_FILE = "final.json"
+#: The resumed run's finished model (`model.save`): its timeline shows what the kills cost.
+FINAL_MODEL = "final.keras"
 #: The backups the child can use: ours (the demo) or stock Keras's (tests).
 BACKUPS = ("rs", "stock")
 #: SIGKILLs per run of the demo, unless told otherwise.
@@ -220,6 +222,8 @@ def _child(workdir: str, backup: str) -> int:
     backup_dir = os.path.join(workdir, "backup")
     if backup == "rs":
         model = train(backup_dir, shuffle=True, backup="rs", callbacks=[_BatchProgress()])
+        # The finished run, with its timeline (the backup is deleted at the end).
+        model.save(os.path.join(workdir, FINAL_MODEL))
     else:
         model = train(backup_dir, shuffle=False, backup="stock", callbacks=[_EpochProgress()])
     save_result(model, workdir)

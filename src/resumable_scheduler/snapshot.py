@@ -70,11 +70,14 @@ PROCESSES = "processes"
 PER_PROCESS = "per_process"
 #: Orbax steps: the variable paths saved, by group.
 VARIABLES = "variables"
+#: The run's timeline: a segment per process that trained it (see
+#: `timeline.py`; absent in checkpoints written before it: empty).
+TIMELINE = "timeline"
 #: The state key of `rs.LearningRateScheduler` (its `epoch` is the fallback
 #: resume epoch of a file without a position).
 SCHEDULER_KEY = "LearningRateScheduler"
 #: The items a snapshot holds beside the callbacks, in envelope order.
-ITEMS = (POSITION, RNG, RNG_NOW, INPUT, RUN, REPLAY, RNG_BY_PROCESS, PROCESSES, PER_PROCESS, VARIABLES)
+ITEMS = (POSITION, RNG, RNG_NOW, INPUT, RUN, REPLAY, RNG_BY_PROCESS, PROCESSES, PER_PROCESS, VARIABLES, TIMELINE)
 
 #: Array names: the training state's arrays, and a callback's.
 TRAINING_PREFIX = "training::"
@@ -203,6 +206,10 @@ def decode_envelope(data: bytes | str, where: str | None = None) -> dict[str, An
     for key, state in doc[CALLBACKS].items():
         if isinstance(state, dict) and "epoch" in state:
             check_count(f"callbacks.{short_name(key)}.epoch", state["epoch"], at, "epoch")
+    if TIMELINE in doc:
+        from resumable_scheduler.timeline import Timeline
+
+        Timeline.from_json(doc[TIMELINE], at)
     return doc
 
 

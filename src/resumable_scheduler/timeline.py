@@ -44,10 +44,7 @@ import socket
 import time
 from typing import Any
 
-from resumable_scheduler.snapshot import Position, check_count, short
-
-#: The envelope item holding the timeline.
-TIMELINE = "timeline"
+from resumable_scheduler.snapshot import TIMELINE, Position, check_count, short
 #: How many segments a timeline keeps; older ones are summed into `older`.
 MAX_SEGMENTS = 1000
 #: The causes of an interruption, as `goodput` reports them.
@@ -64,18 +61,18 @@ _IMPORTED = time.time()
 
 
 def process_start() -> float:
-    """When this process started (Unix seconds): from `/proc` on Linux,
-    else the time this module was imported."""
+    """When this process started (Unix seconds): from `/proc` on Linux (to
+    about 10 ms), else the time this module was imported."""
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         ticks = int(fields[19])  # starttime: field 22, counted from after `comm`
-        with open("/proc/stat", "rb") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-        started = btime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED
-    # /proc's boot time has a resolution of one second; never after import.
+    started = time.time() - max(age, 0.0)
     return min(started, _IMPORTED)
 
 
@@ -211,10 +208,16 @@ class Timeline:
             older[k] = check_count(f"{TIMELINE}.older.{k}", raw.get(k, 0), at, k)
         return cls(segments, older)
 
-    def trimmed(self) -> Timeline:
-        """This timeline with at most `MAX_SEGMENTS` segments: the oldest
-        ones beyond are summed into `older`."""
-        extra = len(self.segments) - MAX_SEGMENTS
+    def trimmed(self, most: int = MAX_SEGMENTS) -> Timeline:
+        """This timeline with at most `most` segments: the oldest ones
+        beyond are summed into `older`.
+
+        >>> seg = Segment("h", 1, 0.0, Position(0, 0, 0), Position(0, 0, 2), end="killed")
+        >>> t = Timeline([seg] * 3).trimmed(2)
+        >>> len(t.segments), t.older["segments"], t.older["productive_steps"], t.older["killed"]
+        (2, 1, 2, 1)
+        """
+        extra = len(self.segments) - most
         if extra <= 0:
             return self
         older = dict(self.older)
@@ -284,55 +287,98 @@ class Recorder:
     """The live timeline of one model in this process: the past segments
     read from the checkpoint it resumed from, and this process's own.
 
-    The tracker owns one; callbacks report events to it. Per batch it does
-    one attribute test.
+    The model's tracker owns one and passes on what its callbacks report.
+    Per batch it does one attribute test until the first batch is done.
     """
 
     def __init__(self) -> None:
         self.past = Timeline()
         self.current: Segment | None = None
+        #: Whether the running fit has trained a batch yet.
+        self._training = False
+        #: Whether `current` was opened by the running fit (its start
+        #: position may still be refined until the first batch).
+        self._opened = False
         self._begun = False
+        #: `past` and its segments as JSON (they do not change once past).
+        self._past_json: tuple[Timeline, list[dict[str, Any]]] | None = None
 
     # -- what the checkpoint held --------------------------------------------------
 
     def restore(self, value: Any, run_epochs: int | None = None, at: str = "") -> None:
-        """Takes the timeline of a checkpoint being resumed from. Our own
-        segment in it (an earlier save of this process) is the live one;
-        a last segment still `"running"` was killed, unless it had reached
-        the run's `run_epochs`."""
+        """Takes the timeline of a checkpoint being resumed from.
+
+        Segments of this process in it are ours: the live one is kept as
+        it is here; one this process ended (an exception: see `end`) takes
+        its recorded end; the last one, still running, is continued.
+        A last segment of another process still `"running"` was killed,
+        unless it had reached the run's `run_epochs`."""
         timeline = Timeline.from_json(value, at)
-        me = self._identity()
-        segments = [s for s in timeline.segments if (s.host, s.pid, s.started) != me]
+        segments: list[Segment] = []
+        for seg in timeline.segments:
+            if _mine(seg):
+                if self.current is not None and seg.started == self.current.started:
+                    continue  # the live segment: ours is newer
+                ended = _ENDED.get(seg.started)
+                if ended is not None and seg.end == "running":
+                    seg.end, seg.ended = ended
+            segments.append(seg)
         if segments and segments[-1].end == "running":
             last = segments[-1]
-            done = run_epochs is not None and last.reached.epoch >= run_epochs and last.reached.batch == 0
-            last.end = "finished" if done else "killed"
-        self.past = Timeline(segments, timeline.older)
+            if _mine(last) and self.current is None:
+                self.current = segments.pop()
+                self._opened = False
+            else:
+                done = run_epochs is not None and last.reached.epoch >= run_epochs and last.reached.batch == 0
+                last.end = "finished" if done else "killed"
+        self.past = Timeline(segments, timeline.older).trimmed(MAX_SEGMENTS - 1)
 
     # -- events of this process ------------------------------------------------------
 
-    def _identity(self) -> tuple[str, int, float]:
-        return (socket.gethostname()[:MAX_HOST], os.getpid(), _STARTED)
-
-    def begin(self, position: Position) -> None:
-        """A fit starts training at `position` (the first fit of this
-        process opens its segment; later ones continue it)."""
+    def begin_fit(self) -> None:
+        """A fit starts; its segment opens at its first epoch."""
+        self._training = False
         self._begun = False
-        if self.current is None:
-            host, pid, started = self._identity()
-            self.current = Segment(host, pid, started, position, position)
+
+    def at_position(self, position: Any) -> None:
+        """An epoch of the fit begins before any batch of it is trained:
+        training starts at `position` (a `Position`, or a callable that
+        returns one; called only when needed). The first fit of this
+        process, or the first after one ended by an exception, opens a
+        segment; later fits continue it."""
+        if self._training:
+            return
+        seg = self.current
+        if seg is None or seg.end in CAUSES:
+            if seg is not None:
+                self.past = Timeline([*self.past.segments, seg], self.past.older).trimmed(MAX_SEGMENTS - 1)
+            where = position() if callable(position) else position
+            host, pid = _identity()
+            started = _LAST_END[0] if _LAST_END else _STARTED
+            self.current = Segment(host, pid, started, where, where)
+            self._opened = True
+        elif self._opened:
+            where = position() if callable(position) else position
+            seg.resumed_at = seg.reached = where
         else:
-            self.current.end, self.current.ended = "running", None
+            seg.end, seg.ended = "running", None
 
     def batch_begun(self) -> None:
         """A batch starts: the second one's start is the first one's end."""
-        seg = self.current
-        if seg is not None and seg.first_batch is None:
-            if self._begun:
-                seg.first_batch = time.time()
-            self._begun = True
+        if self._training:
+            return
+        if self._begun:
+            self._first_done()
+        self._begun = True
 
     def batch_done(self) -> None:
+        """A batch has been trained."""
+        if not self._training:
+            self._first_done()
+
+    def _first_done(self) -> None:
+        self._training = True
+        self._opened = False
         seg = self.current
         if seg is not None and seg.first_batch is None:
             seg.first_batch = time.time()
@@ -350,21 +396,43 @@ class Recorder:
             seg.saves += 1
             if seg.end != "running":
                 seg.ended = now
-        return self.timeline().to_json()
+        return self.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        """`timeline().to_json()`, reusing the JSON of the past segments."""
+        if self._past_json is None or self._past_json[0] is not self.past:
+            self._past_json = (self.past, [s.to_json() for s in self.past.segments])
+        segments = list(self._past_json[1])
+        if self.current is not None:
+            segments.append(self.current.to_json())
+        if len(segments) > MAX_SEGMENTS:
+            return self.timeline().to_json()
+        return {"segments": segments, "older": dict(self.past.older)}
 
     def saved(self, blocked_s: float, wall_s: float | None = None) -> None:
-        """A save is done: it blocked the training thread `blocked_s`
-        seconds and took `wall_s` in all (default: `blocked_s`)."""
+        """A save blocked the training thread `blocked_s` seconds and took
+        `wall_s` in all (default: `blocked_s`)."""
         seg = self.current
         if seg is not None:
             seg.save_blocked_s += max(blocked_s, 0.0)
             seg.save_wall_s += max(wall_s if wall_s is not None else blocked_s, 0.0)
 
-    def end(self, cause: str) -> None:
-        """This process's fit ended (`"finished"`, `"signal"`, `"exception"`)."""
+    def written_in_background(self, wall_s: float) -> None:
+        """A background write took `wall_s` seconds (from its writer thread)."""
         seg = self.current
-        if seg is not None and cause in ENDS:
-            seg.end, seg.ended = cause, time.time()
+        if seg is not None:
+            seg.save_wall_s += max(wall_s, 0.0)
+
+    def end(self, cause: str) -> None:
+        """This process's fit ended: `"finished"` (only a running segment
+        finishes), `"signal"` or `"exception"`."""
+        seg = self.current
+        if seg is None or cause not in ENDS or (cause == "finished" and seg.end != "running"):
+            return
+        seg.end, seg.ended = cause, time.time()
+        if cause in CAUSES:
+            _ENDED[seg.started] = (cause, seg.ended)
+            _LAST_END[:] = [seg.ended]
 
     def timeline(self) -> Timeline:
         """The past segments, then this process's (bounded)."""
@@ -373,5 +441,21 @@ class Recorder:
             segments.append(dataclasses.replace(self.current))
         return Timeline(segments, dict(self.past.older)).trimmed()
 
+
+def _identity() -> tuple[str, int]:
+    return socket.gethostname()[:MAX_HOST], os.getpid()
+
+
+def _mine(seg: Segment) -> bool:
+    """Whether `seg` is a segment of this process."""
+    return (seg.host, seg.pid) == _identity() and seg.started >= _STARTED
+
+
+#: How the segments of this process that ended by an interruption ended, by
+#: start: a later model of this process resuming from a checkpoint written
+#: before that end learns it here.
+_ENDED: dict[float, tuple[str, float]] = {}
+#: When this process's last interrupted segment ended (a new one starts then).
+_LAST_END: list[float] = []
 
 _STARTED = process_start()

@@ -22,6 +22,7 @@ import numpy as np
 from resumable_scheduler._adapters.keras import SAVEABLE_OBJ_TYPE, KerasSaveable
 from resumable_scheduler import snapshot
 from resumable_scheduler.protocol import Resumable
+from resumable_scheduler.timeline import TIMELINE, Recorder
 from resumable_scheduler.snapshot import decode_envelope, encode_envelope
 
 #: The model attribute (and HDF5 group) holding the tracker.
@@ -65,8 +66,9 @@ class StateTracker(KerasSaveable):
         #: to train is `batch` of `epoch`.
         self.epoch = 0
         self.batch = 0
-        #: Batches per epoch of the running fit (None: unknown).
+        #: Batches per epoch and epochs of the running fit (None: unknown).
         self.steps: int | None = None
+        self.epochs: int | None = None
         #: Batches of the training epoch done so far (not wrapped to the next
         #: epoch at its end, unlike `batch`).
         self.done = 0
@@ -79,6 +81,9 @@ class StateTracker(KerasSaveable):
         #: Set by a backup only while it writes: (top-level envelope items such
         #: as the position and RNG scalars, arrays stored as `training::*`).
         self.extra: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+        #: The run's timeline: the past segments of the checkpoint resumed
+        #: from, and this process's (written into every checkpoint).
+        self.timeline = Recorder()
 
     # Keras walks `dir()` of everything it saves; nothing below us is saveable.
     def __dir__(self) -> list[str]:
@@ -166,12 +171,36 @@ class StateTracker(KerasSaveable):
     def begin_fit(self, params: Mapping[str, Any] | None) -> None:
         """A fit starts (`on_train_begin`): learns its batches per epoch."""
         self.steps = (params or {}).get("steps")
+        epochs = (params or {}).get("epochs")
+        self.epochs = epochs if type(epochs) is int else None
+        self.timeline.begin_fit()
+
+    def end_fit(self, cause: str = "finished") -> None:
+        """The fit ended (`on_train_end`; `"finished"` unless a preemption
+        or an exception said otherwise first)."""
+        self.timeline.end(cause)
 
     def set_position(self, epoch: int, batch: int) -> None:
         """Batch `batch` of `epoch` is next: a restored state's position, or
         the start of an epoch (at the batch a resumed epoch skips to)."""
         self.epoch, self.batch = int(epoch), int(batch)
         self._training_epoch, self.done = self.epoch, self.batch
+        self.timeline.at_position(self._here)
+
+    def _here(self) -> snapshot.Position:
+        """The position now, with the optimizer's step (read from the model:
+        call only where its variables are in sync, such as an epoch's start)."""
+        return snapshot.Position(self.epoch, self.batch, self._step())
+
+    def _step(self) -> int:
+        model = self._model_ref() if self._model_ref is not None else None
+        optimizer = getattr(model, "optimizer", None)
+        iterations = getattr(optimizer, "iterations", None)
+        if iterations is None:
+            return 0
+        import keras
+
+        return int(keras.ops.convert_to_numpy(iterations))
 
     def note_epoch_begin(self, epoch: int) -> None:
         """Epoch `epoch` starts: at the restored batch if it is the restored
@@ -179,15 +208,18 @@ class StateTracker(KerasSaveable):
         if epoch != self.epoch:
             self.epoch, self.batch = epoch, 0
         self._training_epoch, self.done = epoch, self.batch
+        self.timeline.at_position(self._here)
 
     def note_batch_begin(self, batch: int, steps_per_execution: int = 1) -> None:
         """Batch `batch` (and the rest of its execution) is being trained: a
         checkpoint written at its end must count it as done."""
         self._note_done(batch + steps_per_execution)
+        self.timeline.batch_begun()
 
     def note_batch_end(self, batch: int) -> None:
         """Batch `batch` (the last of its execution) has been trained."""
         self._note_done(batch + 1)
+        self.timeline.batch_done()
 
     def _note_done(self, done: int) -> None:
         self.done = done
@@ -202,6 +234,9 @@ class StateTracker(KerasSaveable):
         position is kept."""
         if self.epoch == epoch and (self.steps is None or self.batch == 0 or self.batch >= self.steps):
             self.epoch, self.batch = epoch + 1, 0
+        if self.epoch == epoch + 1 and self.batch == 0 and self.epochs is not None and self.epoch >= self.epochs:
+            # The fit's last epoch is done: its checkpoints say so.
+            self.timeline.end("finished")
 
     @property
     def training_epoch(self) -> int:
@@ -212,6 +247,10 @@ class StateTracker(KerasSaveable):
 
     def save_own_variables(self, store: Any) -> None:
         extra_doc, extra_arrays = self.extra or ({}, {})
+        if TIMELINE not in extra_doc:
+            # Keras's own saving (`model.save`, `ModelCheckpoint`): the
+            # timeline up to the tracker's position.
+            extra_doc = {**extra_doc, TIMELINE: self.timeline.commit(self._here())}
         data = encode_envelope(self.collect(), extra=extra_doc)
         store[DATASET] = np.frombuffer(data, dtype=np.uint8)
         for name, value in extra_arrays.items():
@@ -226,6 +265,13 @@ class StateTracker(KerasSaveable):
             return
         doc = decode_envelope(np.asarray(store[DATASET], dtype=np.uint8).tobytes())
         self.apply(doc[snapshot.CALLBACKS], split_arrays(store))
+        self.restore_timeline(doc)
+
+    def restore_timeline(self, doc: Mapping[str, Any]) -> None:
+        """Takes the timeline of a checkpoint being loaded (`doc`: its envelope)."""
+        run = doc.get(snapshot.RUN)
+        epochs = run.get("epochs") if isinstance(run, dict) else None
+        self.timeline.restore(doc.get(TIMELINE), epochs if type(epochs) is int else None)
 
 
 def distinct_keys(objs: Any) -> None:

@@ -64,6 +64,8 @@ def capture(
         # data.check_resumed_input). Absent outside a fit, and in older
         # checkpoints.
         snap.items[snapshot.INPUT] = data.input_record(model, int(batch))
+    # The run's timeline up to this checkpoint (see timeline.py).
+    snap.items[snapshot.TIMELINE] = tracker_for(model).timeline.commit(snap.position)
     if include_callbacks:
         snap.callbacks = tracker_for(model).collect()
     doc = snap.document(include_callbacks=include_callbacks)
@@ -77,6 +79,7 @@ def apply_after_load(
     variables through Keras did it already), seed generators, RNGs."""
     if apply_callbacks:
         tracker_for(model).apply(doc[snapshot.CALLBACKS])
+    tracker_for(model).restore_timeline(doc)
     rng.restore_seed_generators(model, arrays)
     rng.restore_host_rng(doc[snapshot.RNG], arrays)
 

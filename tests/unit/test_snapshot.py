@@ -93,10 +93,10 @@ def test_older_versions_are_migrated_one_step_at_a_time(monkeypatch):
     # What the next format version does: a migration from 1 to 2 (here, a
     # made-up item), and version 1 files still decode.
     monkeypatch.setattr(snapshot, "ENVELOPE_VERSION", 2)
-    monkeypatch.setitem(snapshot.MIGRATIONS, 1, lambda doc: {**doc, "timeline": []})
+    monkeypatch.setitem(snapshot.MIGRATIONS, 1, lambda doc: {**doc, "made_up": []})
     v1 = json.dumps({"format": "resumable_scheduler", "version": 1, "callbacks": {"S": {"epoch": 2}}})
     doc = snapshot.decode_envelope(v1)
-    assert doc["version"] == 2 and doc["timeline"] == [] and doc["callbacks"] == {"S": {"epoch": 2}}
+    assert doc["version"] == 2 and doc["made_up"] == [] and doc["callbacks"] == {"S": {"epoch": 2}}
     assert json.loads(snapshot.encode_envelope({}))["version"] == 2
 
 

@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -255,9 +256,12 @@ class ResumeMixin:
         """Removes the signal handlers, the batch skip, the resumed epoch and
         the host's resources (`_release`) left by a fit that did not end."""
         watch = getattr(self, "_fit_watch", None)
+        model = ki.model_of(self)
         if watch is not None:
             watch.detach()
             self._fit_watch = None
+            if model is not None:  # the fit raised: its segment ends so
+                tracker_for(model).end_fit("exception")
         if getattr(self, "_old_handlers", None):
             if threading.current_thread() is threading.main_thread():
                 self._restore_handlers()
@@ -265,7 +269,6 @@ class ResumeMixin:
         if skip is not None:
             skip.uninstall()
             self._skip = None
-        model = ki.model_of(self)
         if model is not None:
             ki.clear_initial_epoch_of(model, self)
         self._release()
@@ -314,6 +317,7 @@ class ResumeMixin:
         signum = self._poll_signal()
         if signum is not None:
             self.preempted = signum
+            tracker.end_fit("signal")
             model.stop_training = True
             self._save_now_or_at_boundary(self._is_last(tracker))
             return
@@ -351,7 +355,7 @@ class ResumeMixin:
             tracker = tracker_for(ki.model_of(self))
             tracker.epoch_end_replayed = frozenset(self._epoch_end_extra.get(snapshot.REPLAY, {}).get("callbacks", ()))
             try:
-                self._commit(epoch + 1, 0, rng.capture_host_rng())
+                self._timed_commit(epoch + 1, 0, rng.capture_host_rng())
             finally:
                 self._epoch_end_extra = {}
                 tracker.epoch_end_replayed = frozenset()
@@ -367,7 +371,15 @@ class ResumeMixin:
             # Wait until every callback has finished this epoch.
             self._boundary_pending = True
         else:
-            self._commit(self._epoch, self._batch, self._epoch_rng)
+            self._timed_commit(self._epoch, self._batch, self._epoch_rng)
+
+    def _timed_commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
+        """`_commit`, with the time it blocked training kept in the timeline."""
+        start = time.perf_counter()
+        try:
+            self._commit(epoch, batch, host_rng)
+        finally:
+            tracker_for(ki.model_of(self)).timeline.saved(time.perf_counter() - start)
 
     def _end_position(self) -> None:
         """In `on_train_end`: drop the batch skip and the failed-fit watch
@@ -379,6 +391,7 @@ class ResumeMixin:
             watch.detach()
             self._fit_watch = None
         self._boundary_pending = False
+        tracker_for(ki.model_of(self)).end_fit("signal" if self.preempted is not None else "finished")
 
     def _should_delete_at_end(self) -> bool:
         """Whether `delete_checkpoint` may delete now: never after a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -525,9 +526,13 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             layout.prune(store, keep=keep)
             return
 
+        recorder = tracker.timeline
+
         def write() -> None:
+            start = time.perf_counter()
             layout.commit(store, lambda target: ki.write_weights(records, target))
             layout.prune(store, keep=keep)
+            recorder.written_in_background(time.perf_counter() - start)
 
         self._writer = background.submit(self._owner_key(), write)
         self._writer.arrays = copier.arrays

@@ -303,6 +303,9 @@ class LearningRateScheduler(keras.callbacks.Callback):
         # order in Keras's thread pool.
         tracker_for(ki.model_of(self)).note_batch_begin(batch, getattr(ki.model_of(self), "steps_per_execution", 1) or 1)
 
+    def on_train_end(self, logs: dict | None = None) -> None:
+        tracker_for(ki.model_of(self)).end_fit()
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         tracker_for(ki.model_of(self)).note_epoch_end(epoch)
         if logs is None:
