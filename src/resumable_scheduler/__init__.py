@@ -26,7 +26,7 @@ _EXPORTS = {
     "STATE_VERSION": "resumable_scheduler.state",
     "ScheduleState": "resumable_scheduler.state",
     "StepSchedule": "resumable_scheduler.schedules",
-    "goodput": "resumable_scheduler.goodput",
+    "goodput": "resumable_scheduler.costs",
     "read_state": "resumable_scheduler.api",
     "restore": "resumable_scheduler.api",
 }

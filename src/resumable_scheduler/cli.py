@@ -258,7 +258,7 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 def _inspect(args: argparse.Namespace) -> int:
     from resumable_scheduler.api import read_state
-    from resumable_scheduler.goodput import format_report, goodput
+    from resumable_scheduler.costs import format_report, goodput
     from resumable_scheduler.storage import DESCRIPTIONS, layout_of
 
     if args.plot:

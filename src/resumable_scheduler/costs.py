@@ -42,8 +42,6 @@ goodput                      no timeline recorded (checkpoint written before tim
 from __future__ import annotations
 
 import os
-import sys
-import types
 from typing import Any
 
 from resumable_scheduler.timeline import CAUSES, COUNTS, SECONDS, TIMELINE, Segment, Timeline, account
@@ -209,20 +207,3 @@ def format_report(r: dict[str, Any]) -> str:
     if r["running"]:
         lines.append(f"{'last process'.ljust(_WIDTH)} still running, or killed and not restarted yet")
     return "\n".join(lines)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as `goodput(path, step=None)`.
-
-    `rs.goodput` is the function `goodput`; but importing this module
-    (`from resumable_scheduler.goodput import report`, or pytest collecting
-    its doctests) makes Python set the package's attribute `goodput` to the
-    module itself, which would then shadow the function. Calling the module
-    calls the function, so `rs.goodput(path)` works either way.
-    """
-
-    def __call__(self, path: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
-        return goodput(path, step=step)
-
-
-sys.modules[__name__].__class__ = _CallableModule
