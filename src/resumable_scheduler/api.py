@@ -33,12 +33,23 @@ def read_state(path: str | os.PathLike[str], step: int | None = None) -> dict[st
             message names the file and the field), or `step` is given for a
             layout without steps.
     """
+    return state_of(*read_envelope(path, step=step))
+
+
+def read_envelope(path: str | os.PathLike[str], step: int | None = None) -> tuple[dict[str, Any], str]:
+    """`(envelope, source)` of a checkpoint (see `read_state`); raises
+    `ValueError` for a file without resumable state (stock Keras's)."""
     doc, source = find_envelope(path, step=step)
     if doc is None:
         raise ValueError(
             f"No resumable_scheduler state in {source!r}: it was written by stock "
             "Keras or without a resumable callback."
         )
+    return doc, str(source)
+
+
+def state_of(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """`read_state`'s dict of an envelope read from `source`."""
     callbacks = doc[snapshot.CALLBACKS]
     out: dict[str, Any] = {}
     if SCHEDULER_KEY in callbacks:

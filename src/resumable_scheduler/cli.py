@@ -257,8 +257,10 @@ def _one_line(text: str, limit: int = 1000) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from resumable_scheduler.api import read_state
-    from resumable_scheduler.costs import format_report, goodput
+    from resumable_scheduler import costs
+    from resumable_scheduler.api import read_envelope, state_of
+    from resumable_scheduler.costs import format_report
+    from resumable_scheduler.snapshot import TIMELINE
     from resumable_scheduler.storage import DESCRIPTIONS, layout_of
 
     if args.plot:
@@ -271,8 +273,9 @@ def _inspect(args: argparse.Namespace) -> int:
                     f"cannot inspect {args.path!r}: --step {args.step} applies only to an "
                     f"Orbax checkpoint directory; this is {DESCRIPTIONS[layout]}, which has no steps."
                 )
-        state = read_state(args.path, step=args.step)
-        report = goodput(args.path, step=args.step)
+        # One read: the table and the summary describe the same checkpoint.
+        doc, source = read_envelope(args.path, step=args.step)
+        state, report = state_of(doc, source), costs.report(doc.get(TIMELINE), source)
     except CliError:
         raise
     except (OSError, ValueError) as e:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from resumable_scheduler.timeline import CAUSES, COUNTS, SECONDS, TIMELINE, Segment, Timeline, account
+from resumable_scheduler.timeline import CAUSES, COUNTS, SECONDS, TIMELINE, Segment, Timeline, account, split
 
 #: How many interruptions `format_report` lists one per line (the newest).
 MAX_LISTED = 50
@@ -123,21 +123,15 @@ def _interruption(seg: Segment, i: int, segments: list[Segment]) -> dict[str, An
 
 def _span(seg: Segment, nxt: Segment | None) -> dict[str, Any]:
     """One segment's times, split as `timeline.account` splits them."""
-    first = max(seg.first_batch if seg.first_batch is not None else seg.last_known(), seg.started)
-    clean = seg.end in ("finished", "signal", "exception") and seg.ended is not None
-    end = max(seg.ended if clean else seg.last_known(), first)
-    lost = 0.0
-    if nxt is not None and seg.end in ("killed", "running"):
-        gap = max(nxt.started - end, 0.0)
-        lost = min(gap, seg.save_interval_s or gap)
+    part = split(seg, nxt)
     return {
         "host": seg.host,
         "started": seg.started,
-        "first_batch": first,
-        "end_at": end,
-        "blocked_s": min(seg.save_blocked_s, end - first),
-        "lost_s": lost,
-        "next_started": None if nxt is None else max(nxt.started, end),
+        "first_batch": part.first,
+        "end_at": part.end,
+        "blocked_s": part.blocked_s,
+        "lost_s": part.lost_s,
+        "next_started": None if nxt is None else max(nxt.started, part.end),
         "end": "killed" if seg.end == "running" and nxt is not None else seg.end,
     }
 
@@ -157,15 +151,10 @@ def goodput(path: str | os.PathLike[str], step: int | None = None) -> dict[str, 
             it is invalid (the message names the file and the field), or
             `step` is given for a layout without steps.
     """
-    from resumable_scheduler.storage import find_envelope
+    from resumable_scheduler.api import read_envelope
 
-    doc, source = find_envelope(path, step=step)
-    if doc is None:
-        raise ValueError(
-            f"No resumable_scheduler state in {source!r}: it was written by stock "
-            "Keras or without a resumable callback."
-        )
-    return report(doc.get(TIMELINE), str(source))
+    doc, source = read_envelope(path, step=step)
+    return report(doc.get(TIMELINE), source)
 
 
 def _s(x: float) -> str:

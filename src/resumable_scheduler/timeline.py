@@ -227,18 +227,59 @@ class Timeline:
         return Timeline(self.segments[extra:], older)
 
 
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One segment's span, split (see `split`): the instants `first` (its
+    first trained batch) and `end` (its last commit or clean end), and the
+    seconds of each part."""
+
+    first: float
+    end: float
+    before_first_s: float
+    blocked_s: float
+    productive_s: float
+    lost_s: float
+    downtime_s: float
+
+
+def split(seg: Segment, nxt: Segment | None) -> Split:
+    """How `seg` spent its time, up to the start of `nxt` (the next segment,
+    if any).
+
+    From process start to its first trained batch: start-up or restart
+    (`before_first_s`); then time blocked in saves; the rest until its last
+    commit (or clean end) is productive training; then, after a kill, the
+    work lost since the last commit, bounded by its longest interval
+    between commits, and downtime until `nxt` started. The parts add up to
+    the span.
+
+    >>> a = Segment("h", 1, 0.0, Position(0, 0, 0), Position(1, 0, 5), first_batch=2.0,
+    ...             committed=10.0, end="killed", save_blocked_s=1.0, save_interval_s=3.0)
+    >>> split(a, dataclasses.replace(a, started=15.0))
+    Split(first=2.0, end=10.0, before_first_s=2.0, blocked_s=1.0, productive_s=7.0, lost_s=3.0, downtime_s=2.0)
+    """
+    first = max(seg.first_batch if seg.first_batch is not None else seg.last_known(), seg.started)
+    clean = seg.end in ("finished", "signal", "exception") and seg.ended is not None
+    end = max(seg.ended if clean else seg.last_known(), first)
+    blocked = min(seg.save_blocked_s, end - first)
+    gap = lost = 0.0
+    if nxt is not None:
+        gap = max(nxt.started - end, 0.0)
+        if seg.end in ("killed", "running"):
+            # Killed: from its last commit it trained on, for at most its
+            # longest interval between commits, then was gone.
+            lost = min(gap, seg.save_interval_s or gap)
+    return Split(first, end, first - seg.started, blocked, end - first - blocked, lost, gap - lost)
+
+
 def account(segments: list[Segment], limit: int | None = None) -> dict[str, Any]:
     """The cost of the first `limit` segments (default: all), in the fields
     of `older`. A segment's downtime needs the next one's start, so pass
     one segment more than `limit` where there is one.
 
-    Per segment, its span from process start to the next one's start (or
-    to its last known instant, for the last) splits into: start-up (the
-    first segment) or restart (any later one) until its first trained
-    batch; time blocked in saves; productive training until its last
-    commit (or clean end); then, after a kill, the work lost since the last
-    commit, bounded by its longest interval between commits, and downtime.
-    The parts add up to the wall time.
+    Each segment's span splits as `split` says; the time before the first
+    batch is start-up for the first segment of a run (one that started at
+    step 0) and restart for any other. The parts add up to the wall time.
 
     >>> a = Segment("h", 1, 0.0, Position(0, 0, 0), Position(1, 0, 5), first_batch=2.0,
     ...             committed=10.0, end="killed", save_blocked_s=1.0, save_interval_s=3.0)
@@ -255,31 +296,21 @@ def account(segments: list[Segment], limit: int | None = None) -> dict[str, Any]
     for i in range(n):
         seg = segments[i]
         nxt = segments[i + 1] if i + 1 < len(segments) else None
-        first = max(seg.first_batch if seg.first_batch is not None else seg.last_known(), seg.started)
-        end = seg.ended if seg.end in ("finished", "signal", "exception") and seg.ended is not None else seg.last_known()
-        end = max(end, first)
-        blocked = min(seg.save_blocked_s, end - first)
+        part = split(seg, nxt)
         out["segments"] += 1
-        out["startup_s" if i == 0 and seg.resumed_at.step == 0 else "restart_s"] += first - seg.started
-        out["blocked_save_s"] += blocked
-        out["productive_s"] += end - first - blocked
+        out["startup_s" if i == 0 and seg.resumed_at.step == 0 else "restart_s"] += part.before_first_s
+        out["blocked_save_s"] += part.blocked_s
+        out["productive_s"] += part.productive_s
         out["productive_steps"] += max(seg.reached.step - seg.resumed_at.step, 0)
-        gap = 0.0
+        out["lost_work_bound_s"] += part.lost_s
+        out["downtime_s"] += part.downtime_s
         if nxt is not None:
-            gap = max(nxt.started - end, 0.0)
-            lost = 0.0
-            if seg.end in ("killed", "running"):
-                # Killed: from its last commit it trained on, for at most
-                # its longest interval between commits, then was gone.
-                lost = min(gap, seg.save_interval_s or gap)
-            out["lost_work_bound_s"] += lost
-            out["downtime_s"] += gap - lost
             out["redone_steps"] += max(seg.reached.step - nxt.resumed_at.step, 0)
             out["stock_redone_steps"] += nxt.resumed_at.batch
             cause = "killed" if seg.end == "running" else seg.end
             if cause in CAUSES:
                 out[cause] += 1
-        out["wall_s"] += end - seg.started + gap
+        out["wall_s"] += part.before_first_s + part.blocked_s + part.productive_s + part.lost_s + part.downtime_s
     return out
 
 
