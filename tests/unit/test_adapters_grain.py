@@ -24,6 +24,8 @@ PINNED = {
     "undo_next_epoch": "test_next_epoch_uses_swaps_the_dataset_once",
     "set_epoch_length": "test_running_fit_locals",
     "running_data_iterator": "test_running_fit_locals",
+    "running_epoch_iterator": "test_running_fit_locals",
+    "input_ran_out": "test_a_carried_iterator_that_runs_out_is_dropped",
 }
 
 
@@ -89,6 +91,8 @@ def test_running_fit_locals():
             from resumable_scheduler._adapters import keras as ki
 
             adapter = ki.running_epoch_iterator(self.model).data_adapter
+            got.setdefault("epoch_iterator", kg.running_epoch_iterator(adapter))
+            got.setdefault("fit_epoch_iterator", ki.running_epoch_iterator(self.model))
             got.setdefault("it", kg.running_data_iterator(adapter))
             got.setdefault("state", got["it"].get_state())
             kg.set_epoch_length(adapter, 4)
@@ -97,10 +101,30 @@ def test_running_fit_locals():
     with internal("fit's locals epoch_iterator / callbacks, EpochIterator._current_iterator and "
                   "_enumerate_iterator's local 'iterator'"):
         assert kg.running_data_iterator(object()) is None
+        assert kg.running_epoch_iterator(object()) is None
         model().fit(batches().to_iter_dataset(), epochs=2, verbose=0, callbacks=[Spy()])
+        assert got["epoch_iterator"] is got["fit_epoch_iterator"] is not None
         assert isinstance(got["it"], grain.DatasetIterator)
         assert got["state"] == {"next_index": 1}  # one batch read: the one trained
         assert got["steps"] == 4
+
+
+def test_a_carried_iterator_that_runs_out_is_dropped():
+    # 4 batches, steps_per_epoch=3: epochs of 3 and 1 batches (the carried
+    # iterator runs out in the second, and Keras drops it), then 3 again.
+    ended = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            from resumable_scheduler._adapters import keras as ki
+
+            ended.append(kg.input_ran_out(ki.running_epoch_iterator(self.model)))
+
+    with internal("EpochIterator.steps_per_epoch / _current_iterator (None after catch_stop_iteration)"), \
+            pytest.warns(UserWarning, match="ran out of data"):
+        model().fit(batches().to_iter_dataset(), epochs=3, steps_per_epoch=3, verbose=0, callbacks=[Spy()])
+    assert ended == [False, True, False]
+    assert not kg.input_ran_out(type("It", (), {"steps_per_epoch": None, "_current_iterator": None})())
 
 
 def test_keras_leaves_the_pass_length_unknown_and_the_positioner_knows_it():

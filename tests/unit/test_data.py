@@ -29,3 +29,16 @@ def test_a_crafted_carried_pass_rng_state_is_refused_by_name(pass_rng):
 def test_no_carried_pass_without_an_offset():
     assert data.carried_pass({"pass_offset": 0, "pass_rng": {}}) is None
     assert data.carried_pass(None) is None
+
+
+@pytest.mark.parametrize("offset, ok", [(None, True), (0, True), (6, True), (-1, False), (1.5, False), ("6", False)])
+def test_a_grain_iterator_pass_offset_is_checked_by_name(offset, ok):
+    pytest.importorskip("grain")
+    from resumable_scheduler.data import grain as positioner
+
+    state = {"kind": "IterDataset", "batch_size": 4, "source_len": 40, "state": None, "pass_offset": offset}
+    if ok:
+        assert positioner.check_state(state, 2) is state
+    else:
+        with pytest.raises(ValueError, match=r"field 'pass_offset' must be a non-negative integer or null, got "):
+            positioner.check_state(state, 2)

@@ -75,6 +75,22 @@ def _running_fit_frame(adapter: Any) -> Any:
     return None
 
 
+def running_epoch_iterator(adapter: Any) -> Any:
+    """The training `EpochIterator` of the running `fit` that reads from
+    `adapter` (`fit`'s local `epoch_iterator`), or None."""
+    frame = _running_fit_frame(adapter)
+    return None if frame is None else frame.f_locals["epoch_iterator"]
+
+
+def input_ran_out(epoch_iterator: Any) -> bool:
+    """True when the data iterator of an `EpochIterator` with
+    `steps_per_epoch` ran out during its latest epoch: Keras's
+    `catch_stop_iteration` then drops it (`_current_iterator = None`), and
+    the next epoch makes a fresh one. (Checked after the epoch has trained
+    a batch: before, the iterator may not be made yet.)"""
+    return bool(epoch_iterator.steps_per_epoch) and epoch_iterator._current_iterator is None
+
+
 def set_epoch_length(adapter: Any, steps: int) -> None:
     """Tells the callbacks of the running `fit` of `adapter` that its epochs
     have `steps` batches (`params["steps"]`, which `fit` sets from the

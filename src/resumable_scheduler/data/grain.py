@@ -13,10 +13,15 @@ batches before it (see `resumable_scheduler.data.Positioner`).
   is the state of the first batch not yet trained. The next epoch's fresh
   iterator gets it with `set_state()`.
 
-With a `steps_per_epoch` smaller than a `MapDataset`'s length, Keras carries
-its iterator over from one epoch to the next; `batches` gives the pass length
-Keras leaves unknown, so a resume slices at `pass_offset + batch` (see
-`resumable_scheduler.data`).
+With a `steps_per_epoch` smaller than one pass, Keras carries its iterator
+over from one epoch to the next. For a `MapDataset`, `batches` gives the pass
+length Keras leaves unknown, so a resume slices at `pass_offset + batch` (see
+`resumable_scheduler.data`). For an `IterDataset`, the iterator's state
+already holds its place in the pass; the checkpoint also records it at an
+epoch end that the next epoch continues, and records `pass_offset` (the
+batches of the pass earlier epochs consumed), which a resume gives back to
+Keras's count of the pass (`EpochIterator._steps_seen`, which decides where
+later epochs end).
 
 The state saved in the checkpoint (`input["reader"]`) also records the batch
 size and the number of batches (or of the source's elements), so a resumed
@@ -124,15 +129,35 @@ def _source_len(dataset: Any) -> int | None:
     return None
 
 
+def _pass_offset(adapter: Any, batch: int) -> int:
+    """Batches of the running pass over an `IterDataset` that epochs before
+    the running one consumed (0 without `steps_per_epoch`: every epoch is a
+    fresh pass), given the checkpoint's `batch` in the running epoch (0 at
+    its end: then the offset the next epoch starts at)."""
+    from resumable_scheduler._adapters import keras_grain as kg
+    from resumable_scheduler._adapters import keras_pydataset as kp
+
+    it = kg.running_epoch_iterator(adapter)
+    if it is None or not it.steps_per_epoch:
+        return 0
+    # Keras's count of the pass includes the running epoch's `batch` batches.
+    return max(0, kp.pass_offset(it) - batch)
+
+
 def capture(adapter: Any, batch: int) -> Any:
-    """The JSON state that starts this input at batch `batch` again (None at
-    an epoch end, `batch=0`: a fresh epoch makes a fresh iterator)."""
-    if batch == 0:
-        return None
+    """The JSON state that starts this input at batch `batch` again. At an
+    epoch end (`batch=0`), None when the next epoch starts a fresh pass (a
+    fresh epoch makes a fresh iterator), else the state it continues from
+    (an `IterDataset` with a `steps_per_epoch` smaller than one pass)."""
     from resumable_scheduler._adapters import keras_grain as kg
 
     grain = _grain()
     ds = kg.dataset_of(adapter)
+    offset = 0
+    if not isinstance(ds, grain.MapDataset):
+        offset = _pass_offset(adapter, batch)
+    if batch == 0 and offset == 0:
+        return None
     batch_size = adapter.batch_size
     out: dict[str, Any] = {"batch_size": None if batch_size is None else int(batch_size)}
     if isinstance(ds, grain.MapDataset):
@@ -141,12 +166,13 @@ def capture(adapter: Any, batch: int) -> Any:
         # the callbacks checkpoint the end of an epoch as one.
         kg.set_epoch_length(adapter, len(ds))
         return out
-    out.update(kind="IterDataset", source_len=_source_len(ds), state=None)
+    out.update(kind="IterDataset", source_len=_source_len(ds), state=None, pass_offset=offset)
     live = kg.running_data_iterator(adapter)
     if isinstance(live, grain.DatasetIterator):
         # Nothing between this iterator and the trained batch reads ahead
         # (Keras's look-ahead on accelerators wraps it in a generator), so
-        # its state is that of batch `batch`, the first not yet trained.
+        # its state is that of batch `batch`, the first not yet trained (at
+        # an epoch end: the next epoch's first).
         out["state"] = _jsonable(live.get_state())
     return out
 
@@ -199,6 +225,7 @@ def check_state(state: Any, batch: int) -> dict[str, Any]:
         _check_int(state, "batches", allow_none=False)
     else:
         _check_int(state, "source_len")
+        _check_int(state, "pass_offset")
         st = state.get("state")
         if st is not None and not isinstance(st, dict):
             raise ValueError(
@@ -258,17 +285,28 @@ def start_at(adapter: Any, batch: int, state: Any) -> None:
         kg.set_epoch_length(adapter, len(ds))
         return
     reader = state.get("state") if isinstance(state, dict) else None
+    offset = (state.get("pass_offset") if isinstance(state, dict) else None) or 0
     if reader is None:
+        skip = offset + batch
         warnings.warn(
             f"The checkpoint holds no grain iterator state for this IterDataset, so "
-            f"its first {batch} batches are read again (not trained) to reach batch "
-            f"{batch}. The resume is still exact.",
+            f"the {skip} batches of its pass before the resumed one are read again "
+            f"(not trained) to reach batch {batch} of the epoch. The resume is still "
+            "exact.",
             UserWarning,
             stacklevel=2,
         )
-        kg.next_epoch_uses(adapter, _Skipped(ds, batch))
+        kg.next_epoch_uses(adapter, _Skipped(ds, skip))
     else:
         kg.next_epoch_uses(adapter, _Positioned(ds, reader))
+    it = kg.running_epoch_iterator(adapter) if offset else None
+    if it is not None and it.steps_per_epoch:
+        from resumable_scheduler._adapters import keras_pydataset as kp
+
+        # The epoch continues a pass that `offset` batches of earlier epochs
+        # consumed: Keras counts them (`_steps_seen`) to know where the pass
+        # ends, which decides where later epochs end.
+        kp.carry(it, kp.new_data_iterator(it), offset)
 
 
 def _iter_dataset_base() -> type:
