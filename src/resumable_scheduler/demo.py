@@ -280,7 +280,9 @@ def run_demo(
         when no checkpoint had been committed yet), `inside_write` (kills
         that left a half-written checkpoint behind), `runs`, `record` (the
         `resumable_scheduler.harness.RunRecord` of the child's runs),
-        `weights_equal`, `ok`, `seconds` and `workdir`.
+        `weights_equal`, `goodput` (`rs.goodput` of the finished model:
+        what the kills cost; None for `"stock"`), `ok`, `seconds` and
+        `workdir`.
     """
     _check_backup(backup)
     say = out or (lambda _msg: None)
@@ -375,6 +377,16 @@ def run_demo(
     say(f"killed and resumed:  learning rate {round(resumed['learning_rate'], 5)}, "
         f"iterations {resumed['iterations']} ({len(killed_after)} SIGKILL, {runs} runs)")
     say(f"weights match bit for bit: {weights_equal}")
+    cost = None
+    if per_batch:
+        # What the kills cost, from the finished model's timeline.
+        from resumable_scheduler import costs
+
+        cost = costs.goodput(os.path.join(workdir, FINAL_MODEL))
+        say("")
+        say(costs.format_report(cost))
+        say(f"(resumable-scheduler inspect {os.path.join(workdir, FINAL_MODEL)} --plot run.png draws it)")
+        say("")
     say(f"{'OK' if ok else 'FAILED'} in {seconds:.1f} s")
     return {
         "reference": reference,
@@ -386,6 +398,7 @@ def run_demo(
         "runs": runs,
         "record": record,
         "weights_equal": weights_equal,
+        "goodput": cost,
         "ok": ok,
         "seconds": seconds,
         "workdir": workdir,

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ import pytest
 import resumable_scheduler as rs
 from resumable_scheduler import cli, demo, harness
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARTS = ("startup_s", "restart_s", "productive_s", "blocked_save_s", "lost_work_bound_s", "downtime_s")
 #: Batches done in all when each run is stopped: 3 SIGKILLs, then a SIGTERM.
 PLAN = [(17, signal.SIGKILL), (31, signal.SIGKILL), (44, signal.SIGTERM), (62, signal.SIGKILL)]
@@ -88,3 +91,22 @@ def test_inspect_prints_the_summary_and_plots_the_resumes(interrupted_run, capsy
     assert np.allclose(data["resume_epochs"], epochs)
     assert cli.main(["inspect", path, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["goodput"]["productive_steps"] == 75
+
+
+def test_an_exception_that_ends_the_process_is_recorded_as_one(tmp_path):
+    # A bug raises out of fit and the script dies with a traceback; the
+    # rerun (without the bug) finishes. The dying process amends its newest
+    # checkpoint to say how it ended, so the rerun does not count a kill.
+    script = os.path.join(ROOT, "tests", "support", "child_train.py")
+    backup, out, final = (os.fspath(tmp_path / n) for n in ("backup", "out", "final.keras"))
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    first = subprocess.run([sys.executable, script, backup, out, "--raise-at", "6,3"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1 and "RuntimeError: a bug at epoch 6, batch 3" in first.stderr
+    assert not re.search(r"(?m)^Exception ignored|Could not record", first.stderr), first.stderr
+    second = subprocess.run([sys.executable, script, backup, out, "--save-model", final],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    report = rs.goodput(final)
+    assert [(i["cause"], i["epoch"], i["batch"]) for i in report["interruptions"]] == [("exception", 6, 3)]
+    assert report["productive_steps"] == 75 and report["redone_steps"] == 0

@@ -50,7 +50,9 @@ def interrupted(backup_dir, at, **kw):
 def test_a_backup_checkpoint_holds_the_segment_so_far(tmp_path):
     interrupted(tmp_path / "b", (5, 2), save_freq=1)
     (seg,) = segments(tmp_path / "b")
-    assert seg.end == "running"  # as written; the next start learns how it ended
+    assert seg.end == "exception"  # the raised fit amended its newest checkpoint
+    # The amended copy (checkpoint 27: 27 batches, numbered from 0) replaced checkpoint 26.
+    assert [n[:13] for n in os.listdir(tmp_path / "b") if n.startswith("ckpt-")] == ["ckpt-00000027"]
     assert seg.resumed_at == Position(0, 0, 0)
     assert seg.reached == Position(5, 2, 27)
     assert seg.saves == 27 and seg.first_batch is not None and seg.committed is not None

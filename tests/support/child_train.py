@@ -6,11 +6,14 @@ it after any interruption continues the same run.
 
     python tests/support/child_train.py BACKUP_DIR OUT_DIR [--save-freq N|epoch]
         [--batch-log FILE] [--sleep SECONDS] [--samples N] [--epochs N]
+        [--raise-at E,B] [--save-model FILE.keras]
 
 It prints `start` once training begins and `batch E B` after each batch (the
 line protocol of `resumable_scheduler.harness`, which kills and restarts it),
 and appends `E B` for every trained batch to --batch-log. At the end it writes
-OUT_DIR/weights.npz and OUT_DIR/result.json.
+OUT_DIR/weights.npz and OUT_DIR/result.json (and --save-model's file).
+--raise-at makes a callback raise `RuntimeError` at the start of batch B of
+epoch E: an uncaught exception that ends the process.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def schedule(epoch, lr):
     return lr if epoch < 10 else lr * ops.exp(-0.1)
 
 
+class RaiseAt(keras.callbacks.Callback):
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise RuntimeError(f"a bug at epoch {self.epoch}, batch {batch}")
+
+
 class Progress(keras.callbacks.Callback):
     def __init__(self, log_path, sleep):
         super().__init__()
@@ -86,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=5)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--no-backup", action="store_true")
+    p.add_argument("--raise-at")
+    p.add_argument("--save-model")
     a = p.parse_args(argv)
     if os.environ.get(DELAY_ENV):
         _widen_commit_window(float(os.environ[DELAY_ENV]))
@@ -100,12 +118,16 @@ def main(argv=None) -> int:
     if not a.no_backup:
         callbacks.append(rs.BackupAndRestore(a.backup_dir, save_freq=save_freq))
     callbacks.append(Progress(a.batch_log, a.sleep))
+    if a.raise_at:
+        callbacks.append(RaiseAt(*map(int, a.raise_at.split(","))))
     model.fit(x, y, epochs=a.epochs, batch_size=1, callbacks=callbacks, verbose=0)
     os.makedirs(a.out_dir, exist_ok=True)
     np.savez(os.path.join(a.out_dir, "weights.npz"), *[np.array(v) for v in model.weights])
     with open(os.path.join(a.out_dir, "result.json"), "w") as f:
         json.dump({"lr": float(ops.convert_to_numpy(model.optimizer.learning_rate)),
                    "iterations": int(ops.convert_to_numpy(model.optimizer.iterations))}, f)
+    if a.save_model:
+        model.save(a.save_model)
     return 0
 
 

@@ -262,6 +262,7 @@ class ResumeMixin:
             self._fit_watch = None
             if model is not None:  # the fit raised: its segment ends so
                 tracker_for(model).end_fit("exception")
+                self._ended_by_exception = True
         if getattr(self, "_old_handlers", None):
             if threading.current_thread() is threading.main_thread():
                 self._restore_handlers()

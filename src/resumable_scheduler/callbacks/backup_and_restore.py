@@ -13,7 +13,7 @@ from typing import Any
 import keras
 
 from resumable_scheduler._adapters import keras as ki
-from resumable_scheduler import training_state
+from resumable_scheduler import snapshot, training_state
 from resumable_scheduler.callbacks._resume import (
     PREEMPTED_EXIT_CODE,
     ResumeMixin,
@@ -187,12 +187,15 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         self._host_arrays: list | None = None
         #: The run's processes and this one's index (set in on_train_begin).
         self._processes, self._process = 1, 0
+        #: Whether this fit has committed a checkpoint.
+        self._wrote = False
         self._reset_position()
 
     # -- fit lifecycle ----------------------------------------------------------
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._reset_position()
+        self._wrote = False
         self.preempted = None
         model = ki.model_of(self)
         if not model.built:
@@ -270,7 +273,37 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
         self._join_writer()
         owner = _LOCK_OWNERS.get(self._owner_key())
         if owner is not None and owner() is self:
+            if getattr(self, "_ended_by_exception", False):
+                self._ended_by_exception = False
+                self._note_exception()
             self._store.close()
+
+    def _note_exception(self) -> None:
+        """The fit raised: the newest checkpoint is amended to say so in its
+        timeline (the next process would count the end as a kill). Best
+        effort: a failure is warned about and changes nothing on disk."""
+        if self._processes != 1 or not self._wrote:
+            return
+        model = ki.model_of(self)
+        if model is None:
+            return
+        items = {snapshot.TIMELINE: tracker_for(model).timeline.to_json()}
+        store = self._store
+        try:
+            if self.save_on_background:  # written where every write of this callback is
+                error = background.submit(self._owner_key(), lambda: layout.amend(store, items)).wait()
+                if error is not None:
+                    raise error
+            else:
+                layout.amend(store, items)
+        except Exception as e:  # noqa: BLE001 - the fit has raised already; this must not hide it
+            warnings.warn(
+                f"Could not record in backup_dir={self.backup_dir!r} that the fit raised: "
+                f"{type(e).__name__}: {str(e)[:300]}. The checkpoint is intact; the next run "
+                "counts this end as a kill.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _owner_key(self) -> str:
         return getattr(self._store, "directory", self._store.location)
@@ -453,6 +486,7 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
 
     def _commit(self, epoch: int, batch: int, host_rng: training_state.HostRng | None) -> None:
         self._boundary_pending = False
+        self._wrote = True
         several = self._processes > 1
         failed: BaseException | None = None
         # One write at a time: the previous one must be committed (or its

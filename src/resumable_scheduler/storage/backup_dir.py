@@ -211,6 +211,38 @@ def newest_usable(store: Store) -> tuple[Checkpoint | None, list[str]]:
     return None, errors
 
 
+def amend(store: Store, items: dict[str, Any]) -> str | None:
+    """Commits a copy of the newest checkpoint whose envelope has `items`
+    set (the weights, arrays and every other item byte for byte the same),
+    so that the newest checkpoint says something learned after it was
+    written (how its process ended). Returns the new name, or None when
+    there is no checkpoint. The copy is committed like any other, then the
+    original is deleted (the one before it, if kept, stays the fallback)."""
+    names = checkpoint_names(store)
+    if not names:
+        return None
+    where = store.describe(names[-1])
+    data = store.read(names[-1])
+    read_checkpoint_data(where, data)  # verified before it is copied
+    with io.BytesIO(data) as raw:
+        with h5.open_h5(raw, where) as f:
+            group = h5.state_group(f, where)
+            doc = decode_envelope(h5.envelope_bytes(group, where, len(data)), where=where)
+        doc.update(items)
+        extra = {k: v for k, v in doc.items() if k not in ("format", "version", snapshot.CALLBACKS)}
+        envelope = snapshot.encode_envelope(doc[snapshot.CALLBACKS], extra)
+        import h5py
+
+        with h5py.File(raw, "r+") as f:
+            group = f[h5.GROUP]
+            del group[h5.DATASET]
+            group.create_dataset(h5.DATASET, data=np.frombuffer(envelope, dtype=np.uint8))
+        amended = raw.getvalue()
+    name = commit(store, lambda target: target.write(amended))
+    store.delete(names[-1])
+    return name
+
+
 def prune(store: Store | str, keep: int) -> None:
     """Deletes all but the newest `keep` checkpoints (call after a commit:
     the newest, just written, is never deleted)."""
