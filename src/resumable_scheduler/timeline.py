@@ -95,7 +95,8 @@ class Segment:
     save_interval_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        # Field by field: `dataclasses.asdict` deep-copies, at every commit.
+        out = {f: getattr(self, f) for f in _FIELDS}
         out["resumed_at"] = self.resumed_at.to_json()
         out["reached"] = self.reached.to_json()
         return out
@@ -139,6 +140,9 @@ class Segment:
         """The last instant this segment is known to have been alive."""
         times = [t for t in (self.ended, self.committed, self.first_batch) if t is not None]
         return max(times, default=self.started)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(Segment))
 
 
 def _seconds(value: Any, field: str, at: str, optional: bool = False) -> Any:
