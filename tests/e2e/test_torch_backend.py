@@ -37,6 +37,7 @@ FILES = [
     "integration/test_fit_lifecycle_data.py",
     "integration/test_background_save.py",
     "integration/test_torch_loader.py",
+    "integration/test_timeline.py",
 ]
 
 

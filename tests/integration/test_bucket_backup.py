@@ -44,6 +44,10 @@ def test_an_interrupted_run_resumes_exactly_from_a_bucket(bucket_url, save_freq,
     state = rs.read_state(bucket_url)
     assert (state["epoch"], state["batch"]) == at
     assert state["source"].startswith(bucket_url + "/ckpt-")
+    # The raised fit amended the newest checkpoint in the bucket: its
+    # timeline says how the process's fit ended.
+    (interruption,) = rs.goodput(bucket_url)["interruptions"]
+    assert (interruption["cause"], interruption["epoch"], interruption["batch"]) == ("exception", *at)
     model = make_model()
     fit(model, callbacks(bucket_url, save_freq=save_freq))
     assert_same(outcome(model), run_uninterrupted())
