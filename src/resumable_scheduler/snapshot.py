@@ -90,6 +90,8 @@ ENVELOPE_FORMAT = "resumable_scheduler"
 #: The version this library writes. Every older version is read through
 #: `MIGRATIONS`, one step at a time, so a checkpoint once written stays
 #: loadable (the v1 fixtures in fixtures/ are read by the tests forever).
+#: A new item that older readers can ignore (`TIMELINE`, say: absent means
+#: empty) does not change it, so that older versions still read the files.
 ENVELOPE_VERSION = 1
 #: The largest count (epoch, batch, step) a state may hold: what an int64,
 #: the widest `optimizer.iterations`, can hold. A crafted `10**30` would pass

@@ -6,7 +6,8 @@ saving (`model.save`, `model.save_weights`, `ModelCheckpoint`, stock
 `.weights.h5` / `.keras` file, as one extra HDF5 group that plain Keras
 ignores on load. It also keeps the training position (epoch, batch) that all
 resumable callbacks of the model share, so that the order of callbacks in the
-list does not matter.
+list does not matter, and the run's timeline (`timeline.Recorder`), written
+into every checkpoint.
 
 Not thread-safe; one tracker per model.
 """

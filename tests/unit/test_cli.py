@@ -10,7 +10,7 @@ import keras
 import pytest
 
 import resumable_scheduler as rs
-from resumable_scheduler import cli, demo
+from resumable_scheduler import cli, demo, plot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RS_KERAS = os.path.join(ROOT, "fixtures", "rs_v1", "e12.keras")
@@ -207,7 +207,7 @@ def test_table_and_plot_of_a_multi_optimizer_state(tmp_path):
     assert "    1  0.02           0.02         0.005" in lines
     assert "  ReduceLROnPlateau: best, wait" in lines
     png = tmp_path / "multi.png"
-    cli.plot_history(state, str(png))
+    plot.plot_history(state, str(png))
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -336,7 +336,7 @@ def test_resume_markers_without_known_batches_per_epoch_are_at_the_epoch(tmp_pat
     report = {"resumes": [{"epoch": 3, "batch": 2, "step": 99, "at": 1.0}], "spans": []}
     state = {"history": [0.1] * 4, "epoch": 4, "batch": 0, "step": 20}  # 5 per epoch here, not at the resume
     png = tmp_path / "x.png"
-    cli.plot_history(state, str(png), report)
+    plot.plot_history(state, str(png), report)
     assert png_data(png)["resume_epochs"] == [3]
     assert png_data(png)["steps_per_epoch"] is None
 
