@@ -381,6 +381,8 @@ class Recorder:
         returns one; called only when needed). The first fit of this
         process, or the first after one ended by an exception, opens a
         segment; later fits continue it."""
+        if self._begun and not self._training:
+            self._first_done()  # a batch began before this epoch: it is done
         if self._training:
             return
         seg = self.current

@@ -44,6 +44,7 @@ def test_python_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "15 15" in out
     assert "12 12 0.008187" in out
+    assert "[] 12\n" in out  # rs.goodput of that file
 
     # The sample `inspect` output is what the CLI prints for that file.
     assert cli.main(["inspect", "ckpt/e12.keras"]) == 0

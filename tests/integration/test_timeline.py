@@ -134,3 +134,15 @@ def test_a_crafted_timeline_is_refused_naming_the_field_and_nothing_is_lost(tmp_
     with pytest.raises(ValueError, match=r"field `timeline.segments\[0\].started` in '.*bad.weights.h5'. "
                        r"Received: started=-1.0. Expected a finite number of seconds >= 0."):
         rs.read_state(tmp_path / "bad.weights.h5")
+
+
+def test_one_batch_epochs_reported_at_batch_begin_only_keep_the_start_position(tmp_path):
+    # rs.LearningRateScheduler alone reports batch *begins*: the first batch
+    # is done when the next epoch begins, and the segment's start stays at step 0.
+    path = tmp_path / "e{epoch:02d}.keras"
+    model = make_model()
+    fit(model, [keras.callbacks.ModelCheckpoint(str(path)), rs.LearningRateScheduler(documented_schedule)],
+        batch_size=5, epochs=12)
+    (seg,) = segments(tmp_path / "e12.keras")
+    assert seg.resumed_at == Position(0, 0, 0) and seg.reached == Position(12, 0, 12)
+    assert rs.goodput(tmp_path / "e12.keras")["productive_steps"] == 12
