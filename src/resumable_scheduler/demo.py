@@ -254,6 +254,8 @@ def run_demo(
     workdir: str | None = None,
     out: Callable[[str], None] | None = print,
     backup: str = "rs",
+    *,
+    _temporary: bool = False,
 ) -> dict[str, Any]:
     """Runs the demo and returns what it found.
 
@@ -296,7 +298,7 @@ def run_demo(
         )
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="rs-demo-") as tmp:
-            return run_demo(seed=seed, kills=kills, workdir=tmp, out=out, backup=backup)
+            return run_demo(seed=seed, kills=kills, workdir=tmp, out=out, backup=backup, _temporary=True)
     os.makedirs(workdir, exist_ok=True)
     backup_dir = os.path.join(workdir, "backup")
     plan = harness.random_kills(kills, seed, at_batches=range(1, units),
@@ -385,7 +387,11 @@ def run_demo(
         cost = costs.goodput(os.path.join(workdir, FINAL_MODEL))
         say("")
         say(costs.format_report(cost))
-        say(f"(resumable-scheduler inspect {os.path.join(workdir, FINAL_MODEL)} --plot run.png draws it)")
+        if _temporary:
+            say("(rerun with --workdir DIR to keep the run: resumable-scheduler inspect "
+                f"DIR/{FINAL_MODEL} --plot run.png then draws it)")
+        else:
+            say(f"(resumable-scheduler inspect {os.path.join(workdir, FINAL_MODEL)} --plot run.png draws it)")
         say("")
     say(f"{'OK' if ok else 'FAILED'} in {seconds:.1f} s")
     return {
