@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import warnings
 import weakref
@@ -289,8 +290,11 @@ class BackupAndRestore(ResumeMixin, keras.callbacks.Callback):
             return
         items = {snapshot.TIMELINE: tracker_for(model).timeline.to_json()}
         store = self._store
+        # At interpreter exit (an uncaught exception; this runs from the
+        # fit's finalizer) Python 3.12 starts no new thread: written here.
+        at_exit = not threading.main_thread().is_alive()
         try:
-            if self.save_on_background:  # written where every write of this callback is
+            if self.save_on_background and not at_exit:  # where this callback's writes run
                 error = background.submit(self._owner_key(), lambda: layout.amend(store, items)).wait()
                 if error is not None:
                     raise error
