@@ -34,6 +34,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import h5py
 import numpy as np
 
 from resumable_scheduler import rng, snapshot
@@ -231,8 +232,6 @@ def amend(store: Store, items: dict[str, Any]) -> str | None:
         doc.update(items)
         extra = {k: v for k, v in doc.items() if k not in ("format", "version", snapshot.CALLBACKS)}
         envelope = snapshot.encode_envelope(doc[snapshot.CALLBACKS], extra)
-        import h5py
-
         with h5py.File(raw, "r+") as f:
             group = f[h5.GROUP]
             del group[h5.DATASET]
