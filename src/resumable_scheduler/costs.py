@@ -44,7 +44,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from resumable_scheduler.timeline import CAUSES, COUNTS, SECONDS, TIMELINE, Segment, Timeline, account, split
+from resumable_scheduler.timeline import CAUSES, COUNTS, SECONDS, TIMELINE, Segment, Timeline, account, end_of, split
 
 #: How many interruptions `format_report` lists one per line (the newest).
 MAX_LISTED = 50
@@ -97,7 +97,8 @@ def report(value: Any, where: str | None = None) -> dict[str, Any]:
     totals = account(segments)
     out: dict[str, Any] = {k: totals[k] + older[k] for k in SECONDS}
     out.update({k: totals[k] + older[k] for k in COUNTS if k not in CAUSES})
-    interruptions = [_interruption(seg, i, segments) for i, seg in enumerate(segments)]
+    following = [*segments[1:], None]
+    interruptions = [_interruption(seg, nxt) for seg, nxt in zip(segments, following)]
     out["interruptions"] = [item for item in interruptions if item is not None]
     out["interruptions_by_cause"] = {
         cause: older[cause] + sum(1 for item in out["interruptions"] if item["cause"] == cause) for cause in CAUSES
@@ -109,13 +110,12 @@ def report(value: Any, where: str | None = None) -> dict[str, Any]:
         if i > 0 or first_kept_resumed or seg.resumed_at.step > 0
     ]
     out["running"] = bool(segments) and segments[-1].end == "running"
-    out["spans"] = [_span(seg, segments[i + 1] if i + 1 < len(segments) else None) for i, seg in enumerate(segments)]
+    out["spans"] = [_span(seg, nxt) for seg, nxt in zip(segments, following)]
     return out
 
 
-def _interruption(seg: Segment, i: int, segments: list[Segment]) -> dict[str, Any] | None:
-    last = i == len(segments) - 1
-    cause = "killed" if seg.end == "running" and not last else seg.end
+def _interruption(seg: Segment, nxt: Segment | None) -> dict[str, Any] | None:
+    cause = end_of(seg, nxt)
     if cause not in CAUSES:
         return None
     return {"cause": cause, **seg.reached.to_json(), "host": seg.host, "at": seg.last_known()}
@@ -132,7 +132,7 @@ def _span(seg: Segment, nxt: Segment | None) -> dict[str, Any]:
         "blocked_s": part.blocked_s,
         "lost_s": part.lost_s,
         "next_started": None if nxt is None else max(nxt.started, part.end),
-        "end": "killed" if seg.end == "running" and nxt is not None else seg.end,
+        "end": end_of(seg, nxt),
     }
 
 

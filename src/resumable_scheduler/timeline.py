@@ -231,6 +231,17 @@ class Timeline:
         return Timeline(self.segments[extra:], older)
 
 
+def end_of(seg: Segment, nxt: Segment | None) -> str:
+    """How `seg` ended, as far as is known: one still `"running"` that
+    another segment (`nxt`) followed was killed.
+
+    >>> seg = Segment("h", 1, 0.0, Position(0, 0, 0), Position(0, 0, 0))
+    >>> end_of(seg, None), end_of(seg, seg)
+    ('running', 'killed')
+    """
+    return "killed" if seg.end == "running" and nxt is not None else seg.end
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One segment's span, split (see `split`): the instants `first` (its
@@ -269,7 +280,7 @@ def split(seg: Segment, nxt: Segment | None) -> Split:
     gap = lost = 0.0
     if nxt is not None:
         gap = max(nxt.started - end, 0.0)
-        if seg.end in ("killed", "running"):
+        if end_of(seg, nxt) == "killed":
             # Killed: from its last commit it trained on, for at most its
             # longest interval between commits, then was gone.
             lost = min(gap, seg.save_interval_s or gap)
@@ -311,7 +322,7 @@ def account(segments: list[Segment], limit: int | None = None) -> dict[str, Any]
         if nxt is not None:
             out["redone_steps"] += max(seg.reached.step - nxt.resumed_at.step, 0)
             out["stock_redone_steps"] += nxt.resumed_at.batch
-            cause = "killed" if seg.end == "running" else seg.end
+            cause = end_of(seg, nxt)
             if cause in CAUSES:
                 out[cause] += 1
         out["wall_s"] += part.before_first_s + part.blocked_s + part.productive_s + part.lost_s + part.downtime_s
