@@ -340,10 +340,15 @@ class ResumeMixin:
         tracker_for(ki.model_of(self)).note_epoch_end(epoch)
         if finished:
             self._current_epoch = epoch + 1
-        # An input of unknown epoch length (a grain IterDataset, say): the
-        # last batch's checkpoint could not know it was the last, so the
-        # epoch's end is committed as the boundary it is.
-        unknown_end = type(self.save_freq) is int and epoch_steps(self) is None and self.preempted is None
+        # An input of unknown epoch length (a grain IterDataset, say), or an
+        # epoch cut short where such an input ran out: the last batch's
+        # checkpoint could not know it was the last, so the epoch's end is
+        # committed as the boundary it is.
+        unknown_end = (
+            type(self.save_freq) is int
+            and self.preempted is None
+            and (epoch_steps(self) is None or data.input_ran_out(self))
+        )
         due = self._boundary_pending or unknown_end or (
             self.save_freq == "epoch" and self.preempted is None and self._want_epoch_save(epoch, logs)
         )

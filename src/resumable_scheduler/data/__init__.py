@@ -36,7 +36,7 @@ order does not depend on the RNG, is sliced there). A grain `IterDataset`,
 whose pass length nobody knows, restarts from its iterator's state, saved
 also at an epoch end that the next epoch continues (see
 `resumable_scheduler.data.grain`); its epoch that ends where the pass runs
-out has no known length (`epoch_steps`). For other inputs it is not exact
+out has no known length (`input_ran_out`). For other inputs it is not exact
 (`warn_partial_epochs`).
 """
 
@@ -589,19 +589,16 @@ def steps_in_epoch(owner: Any) -> int | None:
     the input ran out of data). None when unknown.
 
     When `steps_per_epoch` is set but the pass length is not known (a grain
-    `IterDataset`), an epoch may end earlier, where the pass runs out; such
-    an epoch's length is then unknown to `epoch_steps` from its end on."""
+    `IterDataset`), an epoch may end earlier, where the pass runs out (see
+    `input_ran_out`)."""
     params = getattr(owner, "params", None) or {}
     steps = params.get("steps")
     model = ki.model_of(owner)
     it = ki.running_epoch_iterator(model) if model is not None else None
-    _MAY_RUN_OUT.pop(owner, None)
     if it is None:
         return steps
     record = ki.epoch_input(it)
     spe, batches = record.get("steps_per_epoch"), _pass_batches(it)
-    if spe and batches is None:
-        _MAY_RUN_OUT[owner] = weakref.ref(it)
     if spe and batches and spe > batches:
         return batches if steps is None else min(steps, batches)
     noted = _PASSES.get(it)
@@ -612,28 +609,26 @@ def steps_in_epoch(owner: Any) -> int | None:
     return steps
 
 
-#: Per resuming callback: the training `EpochIterator` whose running epoch
-#: may end before `steps_per_epoch` because the input runs out (see
-#: `steps_in_epoch`).
-_MAY_RUN_OUT: "weakref.WeakKeyDictionary[Any, weakref.ref[Any]]" = weakref.WeakKeyDictionary()
+def input_ran_out(owner: Any) -> bool:
+    """Whether the epoch of `owner`'s fit that just ended was cut short by
+    its input running out: `steps_per_epoch` set over a pass of unknown
+    length (a grain `IterDataset` carried across epochs). Its last batch
+    could not know it was the last, so its end is an epoch end of unknown
+    length, which the callbacks commit as the boundary it is. (Call at the
+    epoch's end.)"""
+    model = ki.model_of(owner)
+    it = ki.running_epoch_iterator(model) if model is not None else None
+    if it is None or not it.steps_per_epoch or _pass_batches(it) is not None:
+        return False
+    from resumable_scheduler._adapters import keras_grain as kg
+
+    return kg.input_ran_out(it)
 
 
 def epoch_steps(owner: Any) -> int | None:
     """The length of the running epoch as `steps_in_epoch` found it when the
     epoch began (stored by `ResumeMixin.on_epoch_begin`), else
-    `params["steps"]`: what "the last batch of the epoch" means.
-
-    None once the epoch has ended early because its input ran out (a pass
-    of unknown length carried across epochs, see `steps_in_epoch`): its last
-    batch could not know it was the last, so its end is an epoch end of
-    unknown length, which the callbacks commit as the boundary it is."""
-    ref = _MAY_RUN_OUT.get(owner)
-    it = ref() if ref is not None else None
-    if it is not None:
-        from resumable_scheduler._adapters import keras_grain as kg
-
-        if kg.input_ran_out(it):
-            return None
+    `params["steps"]`: what "the last batch of the epoch" means."""
     steps = getattr(owner, "_epoch_steps", None)
     if steps is not None:
         return steps
