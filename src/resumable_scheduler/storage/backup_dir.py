@@ -222,16 +222,11 @@ def amend(store: Store, items: dict[str, Any]) -> str | None:
     names = checkpoint_names(store)
     if not names:
         return None
-    where = store.describe(names[-1])
-    data = store.read(names[-1])
-    read_checkpoint_data(where, data)  # verified before it is copied
-    with io.BytesIO(data) as raw:
-        with h5.open_h5(raw, where) as f:
-            group = h5.state_group(f, where)
-            doc = decode_envelope(h5.envelope_bytes(group, where, len(data)), where=where)
-        doc.update(items)
-        extra = {k: v for k, v in doc.items() if k not in ("format", "version", snapshot.CALLBACKS)}
-        envelope = snapshot.encode_envelope(doc[snapshot.CALLBACKS], extra)
+    ckpt = read_named(store, names[-1])  # verified before it is copied
+    doc = {**ckpt.doc, **items}
+    extra = {k: v for k, v in doc.items() if k not in ("format", "version", snapshot.CALLBACKS)}
+    envelope = snapshot.encode_envelope(doc[snapshot.CALLBACKS], extra)
+    with io.BytesIO(ckpt.data) as raw:
         with h5py.File(raw, "r+") as f:
             group = f[h5.GROUP]
             del group[h5.DATASET]
