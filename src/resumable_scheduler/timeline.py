@@ -402,7 +402,8 @@ class Recorder:
                 self.past = Timeline([*self.past.segments, seg], self.past.older).trimmed(MAX_SEGMENTS - 1)
             where = position() if callable(position) else position
             host, pid = _identity()
-            started = _LAST_END[0] if _LAST_END else _STARTED
+            # A later segment of this process starts where its last one ended.
+            started = max((t for _, t in _ENDED.values()), default=_STARTED)
             self.current = Segment(host, pid, started, where, where)
             self._opened = True
         elif self._opened:
@@ -480,7 +481,6 @@ class Recorder:
         seg.end, seg.ended = cause, time.time()
         if cause in CAUSES:
             _ENDED[seg.started] = (cause, seg.ended)
-            _LAST_END[:] = [seg.ended]
 
     def timeline(self) -> Timeline:
         """The past segments, then this process's (bounded)."""
@@ -503,7 +503,5 @@ def _mine(seg: Segment) -> bool:
 #: start: a later model of this process resuming from a checkpoint written
 #: before that end learns it here.
 _ENDED: dict[float, tuple[str, float]] = {}
-#: When this process's last interrupted segment ended (a new one starts then).
-_LAST_END: list[float] = []
 
 _STARTED = process_start()
